@@ -1,0 +1,49 @@
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PROTO := proto/genservice/v1/genservice.proto
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(STAMP) ## make the virtual env in .venv with every dependency
+
+run: $(STAMP) ## start Postgres, demo-llm (unless OPENAI_BASE_URL is set), genservice and gateway; Ctrl-C stops all
+	$(BIN)/python -m genservice.stack
+
+test: $(STAMP) proto-check ## run every test (the browser test installs Debian's chromium where it can)
+	$(BIN)/python -m tests.browser_setup
+	$(BIN)/pytest
+
+proto: $(STAMP) ## regenerate the gRPC stubs (and typed .pyi) from proto/
+	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. \
+		--mypy_out=. --mypy_grpc_out=. $(PROTO)
+
+proto-check: $(STAMP) ## fail when the committed stubs are stale
+	@tmp=$$(mktemp -d) && \
+	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=$$tmp --grpc_python_out=$$tmp \
+		--mypy_out=$$tmp --mypy_grpc_out=$$tmp $(PROTO) && \
+	diff -r -x __init__.py -x __pycache__ $$tmp/genservice/v1 genservice/v1 >/dev/null || \
+	{ echo "stale gRPC stubs: run 'make proto' and commit"; rm -rf $$tmp; exit 1; }; rm -rf $$tmp
+
+lint: $(STAMP) ## ruff and mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy genservice gateway tests
+
+bench: $(STAMP) ## save-path benchmark: WAL written and notifying commits, ratios against a baseline
+	$(BIN)/python -m tests.bench_saves
+
+clean: ## remove the virtual env and the embedded database
+	rm -rf $(VENV) .data
+
+.PHONY: help install run test proto proto-check lint bench clean

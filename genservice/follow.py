@@ -1,0 +1,46 @@
+"""Following a message from an offset: its saved text, then live text as notifications announce it.
+
+One implementation for WatchReply and the gateway's resumed streams. It subscribes before it
+reads, so nothing said between the read and the subscription is lost; offsets make a repeated
+character impossible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from genservice import convert, store
+from genservice.database import Pool
+from genservice.errors import InvalidArgument
+from genservice.hub import ListenerHub
+from genservice.ids import parse_id
+from genservice.notices import text_after
+from genservice.v1 import genservice_pb2 as pb
+
+
+async def follow_message(
+    pool: Pool, hub: ListenerHub, user_id: str, message_id: str, offset: int
+) -> AsyncIterator[pb.ReplyEvent]:
+    """`started`, then deltas after `offset`, then `finished`. Bad input raises before `started`."""
+    message_id = parse_id(message_id, "message_id")
+    if offset < 0:
+        raise InvalidArgument(f"offset must be 0 or more, got {offset}")
+    async with hub.subscribe(message_id) as subscription:
+        record, text = await store.read_after(pool, user_id, message_id, offset)
+        if record.terminal and offset > len(record.content):
+            raise InvalidArgument(f"offset {offset} is past the end of message {message_id} ({len(record.content)})")
+        yield pb.ReplyEvent(started=pb.ReplyStarted(message_id=record.id, conversation_id=record.conversation_id))
+        sent = offset
+        while True:
+            if text:
+                yield pb.ReplyEvent(delta=pb.ReplyDelta(text=text, offset=sent))
+                sent += len(text)
+            if record.terminal:
+                yield pb.ReplyEvent(finished=pb.ReplyFinished(message=convert.message_to_pb(record)))
+                return
+            notices = await subscription.wait()
+            live_text = None if notices is None else text_after(notices, sent)
+            if live_text is not None:
+                text = live_text
+            else:
+                record, text = await store.read_after(pool, user_id, message_id, sent)
