@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
-import pgserver
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -28,14 +29,18 @@ def postgres_url(database_url: str | None, data_dir: Path = EMBEDDED_DATA_DIR) -
         return
     data_dir.mkdir(parents=True, exist_ok=True)
     log.info("DATABASE_URL is unset: using the embedded Postgres in %s", data_dir)
-    server = pgserver.get_server(data_dir.resolve(), cleanup_mode="stop")
+    with warnings.catch_warnings():
+        # pgserver warns at import when XDG_RUNTIME_DIR is unset, and then uses a fine fallback
+        warnings.simplefilter("ignore")
+        from pgserver.postgres_server import get_server
+    server = get_server(data_dir.resolve(), cleanup_mode="stop")
     try:
         yield str(server.get_uri())
     finally:
         server.cleanup()
 
 
-def connection_kwargs(application_name: str) -> dict[str, object]:
+def connection_kwargs(application_name: str) -> dict[str, Any]:
     return {"application_name": application_name, "connect_timeout": CONNECT_TIMEOUT_SECONDS}
 
 

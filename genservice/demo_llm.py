@@ -79,7 +79,10 @@ class ChatRequest:
 
 @dataclass(frozen=True)
 class ReplyPlan:
-    """What to send. Character counts are Unicode code points; a knob past the end fires after the last character."""
+    """What to send. Counts are Unicode code points; a knob past the end fires after the last character.
+
+    Pace and the *_after knobs apply to streamed replies only; fail_status and finish_reason to both kinds.
+    """
 
     text: str
     chunk_chars: int = 4
@@ -170,7 +173,7 @@ class _DroppableStreamingResponse(StreamingResponse):
 
 
 def _sse(payload: Mapping[str, Any]) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
 def _chunk(request: ChatRequest, reply_id: str, created: int, **fields: Any) -> str:

@@ -22,7 +22,8 @@ MESSAGE_COLUMNS = (
 )
 # a streaming message's text is the concatenation of its saves
 SAVED_TEXT = (
-    "(SELECT coalesce(string_agg(s.text, '' ORDER BY s.start_offset), '') FROM message_saves s WHERE s.message_id = m.id)"
+    "(SELECT coalesce(string_agg(s.text, '' ORDER BY s.start_offset), '')"
+    " FROM message_saves s WHERE s.message_id = m.id)"
 )
 # the message as saved now: the columns, with a streaming message's content read from its saves
 MESSAGE_AS_SAVED = MESSAGE_COLUMNS.replace(
@@ -250,7 +251,9 @@ async def start_reply(
                     f"message {busy['id']} is still streaming in conversation {conversation_id}; "
                     "wait for it, cancel it, or send with interrupt"
                 )
-            await conn.execute("UPDATE conversations SET updated_at = clock_timestamp() WHERE id = %s", (conversation_id,))
+            await conn.execute(
+                "UPDATE conversations SET updated_at = clock_timestamp() WHERE id = %s", (conversation_id,)
+            )
         await conn.execute(
             "INSERT INTO messages (id, conversation_id, user_id, role, content, status)"
             " VALUES (%s, %s, %s, 'user', %s, 'complete')",
@@ -273,7 +276,7 @@ async def start_reply(
             )
             if await cursor.fetchone() is None:
                 # a concurrent retry committed the same key first: attach to its reply instead
-                raise _RequestRace()
+                raise RequestRace()
         cursor = await conn.execute(
             "SELECT role, content FROM messages WHERE conversation_id = %s AND id <> %s"
             " AND (role = 'user' OR content <> '') ORDER BY seq",
@@ -283,7 +286,7 @@ async def start_reply(
         return StartedReply(conversation_id, assistant, history, created=True)
 
 
-class _RequestRace(Exception):
+class RequestRace(Exception):
     """Rolls back a start that lost the race for its request key."""
 
 
@@ -373,14 +376,20 @@ async def finish_reply(pool: Pool, message_id: str, owner: str, text: str, endin
     return record
 
 
-async def end_from_saves(pool: Pool, status: str, error: str, *, message_id: str | None = None) -> list[MessageRecord]:
+async def end_from_saves(
+    pool: Pool, status: str, error: str, *, message_id: str | None = None, sweeper: str | None = None
+) -> list[MessageRecord]:
     """End messages whose owner cannot: with their saved text, as `status`.
 
     With message_id: that message, if still streaming (a stop whose owner did not answer).
-    Without: every streaming message whose lease expired (the sweeper).
+    With sweeper: every streaming message whose lease expired, but the sweeper's own (it is alive).
     """
-    condition = "m.id = %s" if message_id is not None else "m.lease_expires_at < clock_timestamp()"
-    params: list[Any] = [status, error] + ([message_id] if message_id is not None else [])
+    if message_id is not None:
+        condition = "m.id = %s"
+        params: list[Any] = [status, error, message_id]
+    else:
+        condition = "m.lease_expires_at < clock_timestamp() AND m.lease_owner IS DISTINCT FROM %s"
+        params = [status, error, sweeper]
     async with pool.connection() as conn, conn.transaction():
         cursor = await conn.execute(
             f"UPDATE messages AS m SET status = %s, error = %s, content = {SAVED_TEXT},"

@@ -1,0 +1,130 @@
+"""The save batcher: one task per process writes the pending text of all its generations in one transaction.
+
+Notifying commits are serialised cluster-wide, so their rate must not grow with the number of
+generations: text is gathered and written at a short interval, or sooner when a generation has
+SAVE_EVERY_CHARS pending. Pieces are cut once and resent unchanged after a failure, so a commit
+whose outcome was unknown is retried without a gap or a double.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+import psycopg_pool
+
+from genservice import store
+from genservice.database import Pool
+from genservice.store import SavePiece
+from genservice.textcut import cut_pieces
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST = 0.1
+RETRY_MAX = 2.0
+DATABASE_ERRORS = (psycopg.OperationalError, psycopg_pool.PoolTimeout)
+
+
+@dataclass
+class _Pending:
+    # offset of the first character not yet cut into a piece
+    cut_end: int
+    unsent: list[str] = field(default_factory=list)
+    unsent_chars: int = 0
+    # cut but not yet known to be committed
+    pieces: list[SavePiece] = field(default_factory=list)
+    renewed_at: float = field(default_factory=time.monotonic)
+
+
+class SaveBatcher:
+    def __init__(
+        self,
+        pool: Pool,
+        owner: str,
+        *,
+        save_every_chars: int,
+        max_delay: float,
+        lease_seconds: float,
+        on_lease_lost: Callable[[str], None],
+    ) -> None:
+        self._pool = pool
+        self._owner = owner
+        self._save_every = save_every_chars
+        self._max_delay = max_delay
+        self._lease_seconds = lease_seconds
+        self._on_lease_lost = on_lease_lost
+        self._pending: dict[str, _Pending] = {}
+        self._wake = asyncio.Event()
+        self.commits = 0
+        self.healthy = True
+
+    def track(self, message_id: str) -> None:
+        self._pending[message_id] = _Pending(cut_end=0)
+
+    def forget(self, message_id: str) -> None:
+        """The generation ended: its end writes the whole text, pending saves are moot."""
+        self._pending.pop(message_id, None)
+
+    def add(self, message_id: str, text: str) -> None:
+        pending = self._pending.get(message_id)
+        if pending is None:
+            return
+        pending.unsent.append(text)
+        pending.unsent_chars += len(text)
+        if pending.unsent_chars >= self._save_every:
+            self._wake.set()
+
+    async def run(self) -> None:
+        retry = RETRY_FIRST
+        while True:
+            try:
+                async with asyncio.timeout(self._max_delay):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.flush()
+            except DATABASE_ERRORS as exc:
+                self.healthy = False
+                log.warning("saving failed (%s); retrying in %.1fs", type(exc).__name__, retry)
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, RETRY_MAX)
+            else:
+                self.healthy = True
+                retry = RETRY_FIRST
+
+    async def flush(self) -> None:
+        now = time.monotonic()
+        renew_every = self._lease_seconds / 3
+        pieces: list[SavePiece] = []
+        renew: list[str] = []
+        for message_id, pending in self._pending.items():
+            if pending.unsent:
+                cut = cut_pieces("".join(pending.unsent), pending.cut_end, self._save_every)
+                pending.pieces.extend(SavePiece(message_id, start, text) for start, text in cut)
+                pending.cut_end += pending.unsent_chars
+                pending.unsent.clear()
+                pending.unsent_chars = 0
+            pieces.extend(pending.pieces)
+            if pending.pieces or now - pending.renewed_at >= renew_every:
+                renew.append(message_id)
+        if not renew:
+            return
+        held = await store.save_pieces(self._pool, self._owner, self._lease_seconds, pieces, renew)
+        self.commits += 1
+        for message_id in renew:
+            saved = self._pending.get(message_id)
+            if saved is None:
+                continue
+            if message_id in held:
+                saved.pieces.clear()
+                saved.renewed_at = now
+            else:
+                del self._pending[message_id]
+                log.warning("message %s: lease lost, this process stops writing to it", message_id)
+                self._on_lease_lost(message_id)

@@ -1,0 +1,127 @@
+"""genservice's entry point: builds every resource once, serves gRPC, and shuts down in two stages."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from genservice.config import GenServiceConfig
+from genservice.database import open_pool, postgres_url
+from genservice.envparse import ConfigError
+from genservice.generation import Generations
+from genservice.hub import ListenerHub
+from genservice.migrations import migrate
+from genservice.model import make_client
+from genservice.service import GenerationService
+from genservice.sweeper import sweep_forever
+from genservice.v1 import genservice_pb2 as pb
+from genservice.v1 import genservice_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
+RPC_GRACE_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class RunningService:
+    target: str
+    generations: Generations
+
+
+@contextlib.asynccontextmanager
+async def running_service(config: GenServiceConfig) -> AsyncIterator[RunningService]:
+    """The whole service, serving until the block ends; then a graceful drain."""
+    owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    with postgres_url(config.database_url) as url:
+        async with AsyncExitStack() as stack:
+            pool = await stack.enter_async_context(open_pool(url, "genservice"))
+            await migrate(pool)
+            hub = await stack.enter_async_context(ListenerHub(url, "genservice-listener"))
+            client = make_client(config.openai_base_url, config.openai_api_key, config.model_max_retries)
+            stack.push_async_callback(client.close)
+            generations = Generations(config, pool, hub, client, owner)
+            background = [
+                asyncio.create_task(generations.batcher.run(), name="save-batcher"),
+                asyncio.create_task(sweep_forever(pool, owner, config.sweep_interval), name="sweeper"),
+            ]
+            stack.push_async_callback(_cancel_all, background)
+
+            server = grpc.aio.server()
+            pb_grpc.add_GenerationServiceServicer_to_server(GenerationService(config, pool, hub, generations), server)
+            health_servicer = health.aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+            reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+            port = server.add_insecure_port(config.addr)
+            await server.start()
+            for name in ("", SERVICE_NAME):
+                await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+            host = config.addr.rpartition(":")[0]
+            log.info("genservice serving on %s:%d (owner %s)", host, port, owner)
+            try:
+                yield RunningService(f"{host}:{port}", generations)
+            finally:
+                log.info("shutting down: NOT_SERVING, refusing new replies, draining generations")
+                await health_servicer.enter_graceful_shutdown()
+                await generations.drain(config.shutdown_grace_seconds)
+                await server.stop(RPC_GRACE_SECONDS)
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def serve(config: GenServiceConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting at once")
+            os._exit(1)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal)
+    async with running_service(config):
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="genservice",
+        description="gRPC generation service: owns every LLM call and saves each reply to Postgres as it is written.",
+        epilog=(
+            "Environment: GENSERVICE_ADDR (127.0.0.1:50051), DATABASE_URL (unset: embedded Postgres in .data/), "
+            "OPENAI_BASE_URL (unset: demo-llm at DEMO_LLM_ADDR), OPENAI_API_KEY, OPENAI_MODEL (demo), "
+            "SAVE_EVERY_CHARS (200), SAVE_MAX_DELAY_MS (100), LEASE_SECONDS (15), SHUTDOWN_GRACE_SECONDS (10), "
+            "MODEL_IDLE_TIMEOUT_SECONDS (60), MODEL_MAX_RETRIES (2), MAX_REPLY_CHARS (200000), "
+            "MAX_CONTENT_CHARS (32000). First SIGTERM/SIGINT drains; a second exits at once."
+        ),
+    )
+    parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = GenServiceConfig.from_env(os.environ)
+    except ConfigError as exc:
+        sys.exit(f"genservice: {exc}")
+    asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    main()
