@@ -1,0 +1,45 @@
+"""Small helpers the tests share: reading a reply's events, waiting for a message to end."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable
+
+import grpc
+
+from genservice.v1 import genservice_pb2 as pb
+from genservice.v1 import genservice_pb2_grpc as pb_grpc
+
+
+async def collect(events: AsyncIterable[pb.ReplyEvent], seconds: float = 15) -> list[pb.ReplyEvent]:
+    """Every event to the stream's end; a call already read with read() goes on with read()."""
+    got: list[pb.ReplyEvent] = []
+    async with asyncio.timeout(seconds):
+        if hasattr(events, "read"):
+            while (event := await events.read()) is not grpc.aio.EOF:
+                got.append(event)
+        else:
+            async for event in events:
+                got.append(event)
+    return got
+
+
+def joined(events: list[pb.ReplyEvent]) -> str:
+    """The deltas' text, checking that each starts exactly where the previous ended."""
+    text = ""
+    start: int | None = None
+    for event in events:
+        if event.HasField("delta"):
+            if start is None:
+                start = event.delta.offset
+            assert event.delta.offset == start + len(text), "a gap or a repeated character"
+            text += event.delta.text
+    return text
+
+
+async def wait_until_ended(
+    stub: pb_grpc.GenerationServiceStub, user_id: str, message_id: str, seconds: float = 15
+) -> pb.Message:
+    """Follow the message to its end (WatchReply), then read it as saved."""
+    await collect(stub.WatchReply(pb.WatchReplyRequest(user_id=user_id, message_id=message_id)), seconds)
+    return await stub.GetMessage(pb.GetMessageRequest(user_id=user_id, message_id=message_id))
