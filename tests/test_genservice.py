@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import uuid
 
@@ -96,7 +97,7 @@ async def test_saves_come_every_200_characters_and_each_notify_matches_saved_tex
     saves = [n for n in notices if n["s"] == "streaming"]
     assert notices[-1]["s"] == "complete" and notices[-1]["e"] == len(expected)
     ends = [0] + [n["e"] for n in saves]
-    assert all(0 < b - a <= 200 for a, b in zip(ends, ends[1:])), ends
+    assert all(0 < b - a <= 200 for a, b in itertools.pairwise(ends)), ends
     assert len(expected) - ends[-1] <= 200
     for n in saves:
         assert n["t"] == expected[n["o"] : n["e"]]

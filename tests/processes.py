@@ -1,0 +1,70 @@
+"""Real processes for the tests: genservice (and gateway) started as their console scripts would be."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Process:
+    popen: subprocess.Popen[bytes]
+    addr: str
+
+    def signal(self, signum: int) -> None:
+        self.popen.send_signal(signum)
+
+    async def wait(self, seconds: float = 20) -> int:
+        async with asyncio.timeout(seconds):
+            while self.popen.poll() is None:
+                await asyncio.sleep(0.05)
+        return self.popen.returncode
+
+
+async def _serving(target: str) -> bool:
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+        except grpc.aio.AioRpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+@asynccontextmanager
+async def genservice_process(env: Mapping[str, str]) -> AsyncIterator[Process]:
+    """`python -m genservice.server` on a free port, ready (health SERVING); killed if still alive at the end."""
+    addr = f"127.0.0.1:{free_port()}"
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "genservice.server"],
+        env={**os.environ, **env, "GENSERVICE_ADDR": addr},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    process = Process(popen, addr)
+    try:
+        async with asyncio.timeout(30):
+            while not await _serving(addr):
+                if popen.poll() is not None:
+                    raise RuntimeError(f"genservice exited with {popen.returncode}")
+                await asyncio.sleep(0.1)
+        yield process
+    finally:
+        if popen.poll() is None:
+            popen.send_signal(signal.SIGKILL)
+        popen.wait(10)

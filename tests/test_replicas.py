@@ -1,0 +1,56 @@
+"""Several genservice processes on one database: any replica serves any message."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+
+from genservice.v1 import genservice_pb2 as pb
+from genservice.v1 import genservice_pb2_grpc as pb_grpc
+from tests.model_server import ModelServer, expected_reply
+from tests.processes import genservice_process
+from tests.replies import collect, joined
+
+
+async def test_a_watcher_on_one_replica_follows_a_generation_on_another(
+    stub, database_url: str, model_server: ModelServer
+):
+    user_id, content = f"user-{uuid.uuid4().hex[:8]}", "far away [[len=2500 chunk=5 delay=0.004]]"
+    env = {"DATABASE_URL": database_url, "OPENAI_BASE_URL": model_server.base_url}
+    async with genservice_process(env) as other, grpc.aio.insecure_channel(other.addr) as channel:
+        remote = pb_grpc.GenerationServiceStub(channel)
+        call = remote.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=content))
+        started = (await call.read()).started
+
+        # the in-process service runs no generation for it: all it knows comes from Postgres
+        watched = await collect(
+            stub.WatchReply(pb.WatchReplyRequest(user_id=user_id, message_id=started.message_id, offset=10))
+        )
+        call.cancel()
+
+    assert expected_reply(content)[:10] + joined(watched) == expected_reply(content)
+    assert watched[-1].finished.message.status == pb.MESSAGE_STATUS_COMPLETE
+
+
+async def test_a_stop_asked_on_one_replica_ends_the_generation_on_another(
+    stub, database_url: str, model_server: ModelServer
+):
+    user_id, content = f"user-{uuid.uuid4().hex[:8]}", "stop over there [[len=6000 chunk=5 delay=0.01]]"
+    env = {"DATABASE_URL": database_url, "OPENAI_BASE_URL": model_server.base_url}
+    async with genservice_process(env) as other, grpc.aio.insecure_channel(other.addr) as channel:
+        remote = pb_grpc.GenerationServiceStub(channel)
+        call = remote.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=content))
+        started = (await call.read()).started
+        received = ""
+        while len(received) < 300:
+            received += (await call.read()).delta.text
+
+        stopped = await stub.CancelReply(pb.CancelReplyRequest(user_id=user_id, message_id=started.message_id))
+        rest = await collect(call)
+
+    assert stopped.status == pb.MESSAGE_STATUS_CANCELLED
+    # the owner ended it with every character it had, and its caller saw exactly that
+    assert received + joined(rest) == stopped.content
+    assert expected_reply(content).startswith(stopped.content)
+    assert rest[-1].finished.message.status == pb.MESSAGE_STATUS_CANCELLED
