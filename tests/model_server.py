@@ -134,7 +134,8 @@ def expected_reply(content: str) -> str:
 class ModelServer:
     """The directive-driven app on 127.0.0.1, on a free port, served by uvicorn in a thread with its own loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, shutdown_grace: int = 2) -> None:
+        self._shutdown_grace = shutdown_grace
         self._lock = threading.Lock()
         self._requests: list[dict[str, Any]] = []
         self._attempts: dict[str, int] = {}
@@ -188,7 +189,7 @@ class ModelServer:
             lifespan="off",
             loop="asyncio",
             http="h11",
-            timeout_graceful_shutdown=2,
+            timeout_graceful_shutdown=self._shutdown_grace,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
@@ -203,7 +204,7 @@ class ModelServer:
             time.sleep(0.01)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Drain for up to 2 s, cancel what is left, and join the thread."""
+        """Let running replies finish for up to `shutdown_grace` seconds, cancel the rest, join the thread."""
         server, thread, sock = self._server, self._thread, self._socket
         self._server = self._thread = self._socket = None
         if server is not None and thread is not None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from genservice.demo_llm import DemoLLMConfig, demo_reply_text
 from tests.model_server import ModelServer, expected_reply
@@ -40,7 +41,10 @@ async def test_a_streamed_reply_is_the_expected_text_with_usage(
     client: openai.AsyncOpenAI, model_server: ModelServer
 ) -> None:
     content = "Tell me a story [[len=400 chunk=7 delay=0.001]]"
-    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": content}]
+    history: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": content},
+    ]
     async with asyncio.timeout(10):
         stream = await client.chat.completions.create(
             model="demo", messages=history, stream=True, stream_options={"include_usage": True}
@@ -57,9 +61,7 @@ async def test_a_streamed_reply_is_the_expected_text_with_usage(
 
 async def test_a_reply_without_a_directive_is_short_and_deterministic(client: openai.AsyncOpenAI) -> None:
     async with asyncio.timeout(10):
-        completion = await client.chat.completions.create(
-            model="demo", messages=[{"role": "user", "content": "hello"}]
-        )
+        completion = await client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hello"}])
     assert completion.choices[0].message.content == expected_reply("hello") != ""
     assert [model.id async for model in client.models.list()] == ["demo"]
 
