@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 from genservice.envparse import ConfigError, env_addr, env_float, env_int, env_optional, env_str
 
 DEMO_LLM_DEFAULT_ADDR = "127.0.0.1:8181"
@@ -53,6 +56,10 @@ class GenServiceConfig:
             max_reply_chars=env_int(env, "MAX_REPLY_CHARS", cls.max_reply_chars),
             max_content_chars=env_int(env, "MAX_CONTENT_CHARS", cls.max_content_chars),
         )
-        if config.database_url is not None and not config.database_url.startswith(("postgresql://", "postgres://")):
-            raise ConfigError("DATABASE_URL must start with postgresql://")
+        if config.database_url is not None:
+            try:
+                conninfo_to_dict(config.database_url)
+            except psycopg.ProgrammingError:
+                # the message could hold the password: say only what is wrong
+                raise ConfigError("DATABASE_URL is not a valid postgresql:// URL or connection string") from None
         return config

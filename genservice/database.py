@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 log = logging.getLogger(__name__)
 
 EMBEDDED_DATA_DIR = Path(".data") / "postgres"
-CONNECT_TIMEOUT_SECONDS = 5
+CONNECT_TIMEOUT_SECONDS = 3
 
 Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
 

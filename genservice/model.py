@@ -26,9 +26,12 @@ class ModelFailure(Exception):
     """The model failed; the message is readable and holds no secret."""
 
 
-def make_client(base_url: str, api_key: str | None, max_retries: int) -> openai.AsyncOpenAI:
-    # the openai client retries connection errors, 408, 409, 429 and 5xx before the first token, with backoff
-    return openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "unused", max_retries=max_retries)
+def make_client(base_url: str, api_key: str | None, max_retries: int, idle_timeout: float) -> openai.AsyncOpenAI:
+    # the openai client retries connection errors, 408, 409, 429 and 5xx before the first token, with
+    # backoff; its timeout bounds each attempt, so a silent endpoint fails instead of hanging
+    return openai.AsyncOpenAI(
+        base_url=base_url, api_key=api_key or "unused", max_retries=max_retries, timeout=idle_timeout
+    )
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -67,12 +70,9 @@ async def stream_reply(
         for role, content in history
     ]
     try:
-        async with asyncio.timeout(idle_timeout):
-            stream = await client.chat.completions.create(
-                model=model, messages=messages, stream=True, stream_options={"include_usage": True}
-            )
-    except TimeoutError:
-        raise ModelFailure(f"the model sent nothing for {idle_timeout:g}s") from None
+        stream = await client.chat.completions.create(
+            model=model, messages=messages, stream=True, stream_options={"include_usage": True}
+        )
     except openai.OpenAIError as exc:
         raise ModelFailure(describe_failure(exc)) from exc
     async with stream:

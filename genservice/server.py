@@ -51,7 +51,9 @@ async def running_service(config: GenServiceConfig) -> AsyncIterator[RunningServ
             pool = await stack.enter_async_context(open_pool(url, "genservice"))
             await migrate(pool)
             hub = await stack.enter_async_context(ListenerHub(url, "genservice-listener"))
-            client = make_client(config.openai_base_url, config.openai_api_key, config.model_max_retries)
+            client = make_client(
+                config.openai_base_url, config.openai_api_key, config.model_max_retries, config.model_idle_timeout
+            )
             stack.push_async_callback(client.close)
             generations = Generations(config, pool, hub, client, owner)
             background = [

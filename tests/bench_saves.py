@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import string
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable
@@ -125,23 +126,28 @@ async def batched_commits(pool: Pool, ids: list[str], seconds: float) -> tuple[i
     return batcher.commits, chars
 
 
+def report(line: str) -> None:
+    sys.stdout.write(line + "\n")
+
+
 async def main() -> None:
     with tempfile.TemporaryDirectory() as data, postgres_url(os.environ.get("DATABASE_URL"), Path(data)) as url:
         async with open_pool(url, "bench", max_size=50) as pool:
             await migrate(pool)
             rewrite = await wal_bytes(pool, save_by_rewriting(pool, await new_reply(pool)))
             append = await wal_bytes(pool, save_by_appending(pool, await new_reply(pool)))
-            print(f"WAL for a {REPLY_CHARS:,}-char reply saved every {SAVE_EVERY} chars:")  # noqa: T201
-            print(
-                f"  rewrite (baseline) {rewrite / 1e6:.2f} MB, append {append / 1e6:.2f} MB, ratio {append / rewrite:.3f}"
-            )  # noqa: T201,E501
-            print("Notifying commits per second, N generations for 3 s:")  # noqa: T201
+            report(f"WAL for a {REPLY_CHARS:,}-char reply saved every {SAVE_EVERY} chars:")
+            report(
+                f"  rewrite (baseline) {rewrite / 1e6:.2f} MB, append {append / 1e6:.2f} MB,"
+                f" ratio {append / rewrite:.3f}"
+            )
+            report("Notifying commits per second, N generations for 3 s:")
             for n in (1, 10, 50, 200):
                 ids = [await new_reply(pool) for _ in range(n)]
                 base_commits, base_chars = await per_generation_commits(pool, ids, 3.0)
                 ids = [await new_reply(pool) for _ in range(n)]
                 ours_commits, ours_chars = await batched_commits(pool, ids, 3.0)
-                print(  # noqa: T201
+                report(
                     f"  N={n:3d}: per-generation {base_commits / 3:7.0f} commits/s ({base_chars / 3:9.0f} chars/s);"
                     f" batched {ours_commits / 3:5.0f} commits/s ({ours_chars / 3:9.0f} chars/s);"
                     f" commit ratio {ours_commits / base_commits:.3f}"

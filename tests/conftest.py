@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from genservice.config import GenServiceConfig
 from genservice.database import Pool, open_pool, postgres_url
@@ -45,6 +49,7 @@ def genservice_config(database_url: str, model_server: ModelServer) -> GenServic
         database_url=database_url,
         openai_base_url=model_server.base_url,
         model_idle_timeout=2.0,
+        lease_seconds=3.0,
         model_max_retries=2,
         shutdown_grace_seconds=5.0,
     )
@@ -64,3 +69,14 @@ async def stub(genservice_target: str) -> AsyncIterator[pb_grpc.GenerationServic
 
 def with_config(config: GenServiceConfig, **changes: object) -> GenServiceConfig:
     return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def fresh_database(database_url: str) -> AsyncIterator[str]:
+    """A database of this test's own, for tests that break things on purpose."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
+        await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield make_conninfo(database_url, dbname=name)
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
+        await admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -53,8 +53,6 @@ async def genservice_process(env: Mapping[str, str]) -> AsyncIterator[Process]:
     popen = subprocess.Popen(
         [sys.executable, "-m", "genservice.server"],
         env={**os.environ, **env, "GENSERVICE_ADDR": addr},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
     )
     process = Process(popen, addr)
     try:

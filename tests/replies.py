@@ -42,4 +42,5 @@ async def wait_until_ended(
 ) -> pb.Message:
     """Follow the message to its end (WatchReply), then read it as saved."""
     await collect(stub.WatchReply(pb.WatchReplyRequest(user_id=user_id, message_id=message_id)), seconds)
-    return await stub.GetMessage(pb.GetMessageRequest(user_id=user_id, message_id=message_id))
+    message: pb.Message = await stub.GetMessage(pb.GetMessageRequest(user_id=user_id, message_id=message_id))
+    return message

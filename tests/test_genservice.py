@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import uuid
+from typing import Any
 
 import grpc
 import psycopg
@@ -66,7 +67,7 @@ async def test_a_call_cancelled_half_way_still_saves_the_whole_reply(stub):
 async def test_saves_come_every_200_characters_and_each_notify_matches_saved_text(stub, database_url, pool):
     user_id, content = user(), "watch the saves [[len=2000 chunk=3 delay=0.002]]"
     expected = expected_reply(content)
-    notices: list[dict] = []
+    notices: list[dict[str, Any]] = []
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as listener:
         await listener.execute(f"LISTEN {CHANNEL}")
         call, started = await start(stub, user_id, content)
