@@ -17,12 +17,22 @@ def parse_id(value: str, field: str) -> str:
         raise InvalidArgument(f"{field} is not a valid id: {value[:64]!r}") from None
 
 
+MAX_KEY_CHARS = 200
+
+
+def bounded_text(value: str, field: str) -> str:
+    """A short free-form field (model name, request id): Postgres text holds no NUL."""
+    if len(value) > MAX_KEY_CHARS:
+        raise InvalidArgument(f"{field} is longer than {MAX_KEY_CHARS} characters")
+    if "\x00" in value:
+        raise InvalidArgument(f"{field} contains a NUL character")
+    return value
+
+
 def require_user(user_id: str) -> str:
     if not user_id or not user_id.strip():
         raise InvalidArgument("user_id is required")
-    if len(user_id) > 200:
-        raise InvalidArgument("user_id is longer than 200 characters")
-    return user_id
+    return bounded_text(user_id, "user_id")
 
 
 def require_content(content: str, max_chars: int) -> str:

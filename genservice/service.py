@@ -14,11 +14,11 @@ from genservice import convert, paging, store
 from genservice.batcher import DATABASE_ERRORS
 from genservice.config import GenServiceConfig
 from genservice.database import Pool
-from genservice.errors import FailedPrecondition, InvalidArgument, ServiceError, Unavailable
+from genservice.errors import FailedPrecondition, ServiceError, Unavailable
 from genservice.follow import follow_message
 from genservice.generation import FellBehind, Generations
 from genservice.hub import ListenerHub
-from genservice.ids import parse_id, require_content, require_user
+from genservice.ids import bounded_text, parse_id, require_content, require_user
 from genservice.store import MessageRecord, StartedReply
 from genservice.v1 import genservice_pb2 as pb
 from genservice.v1 import genservice_pb2_grpc as pb_grpc
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # how long a stop waits for the generation's owner before ending the message itself
 CANCEL_WAIT_SECONDS = 3.0
-MAX_KEY_CHARS = 200
 
 
 def _service_error(exc: Exception) -> ServiceError:
@@ -106,8 +105,8 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
         user_id = require_user(request.user_id)
         content = require_content(request.content, self._config.max_content_chars)
         conversation_id = parse_id(request.conversation_id, "conversation_id") if request.conversation_id else None
-        request_id = _bounded(request.request_id, "request_id") or None
-        model = _bounded(request.model, "model") or self._config.openai_model
+        request_id = bounded_text(request.request_id, "request_id") or None
+        model = bounded_text(request.model, "model") or self._config.openai_model
         if not self._generations.accepting:
             raise Unavailable("the service is shutting down; retry on another replica")
         reply = await self._start(user_id, conversation_id, content, model, request_id, request.interrupt)
@@ -215,9 +214,3 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
                 await store.end_from_saves(self._pool, "cancelled", "", message_id=message_id)
                 record = await store.get_message(self._pool, user_id, message_id)
         return record
-
-
-def _bounded(value: str, field: str) -> str:
-    if len(value) > MAX_KEY_CHARS:
-        raise InvalidArgument(f"{field} is longer than {MAX_KEY_CHARS} characters")
-    return value
