@@ -58,7 +58,9 @@ async def running_service(config: GenServiceConfig) -> AsyncIterator[RunningServ
             generations = Generations(config, pool, hub, client, owner)
             background = [
                 asyncio.create_task(generations.batcher.run(), name="save-batcher"),
-                asyncio.create_task(sweep_forever(pool, owner, config.sweep_interval), name="sweeper"),
+                asyncio.create_task(
+                    sweep_forever(pool, owner, config.sweep_interval, config.lease_seconds), name="sweeper"
+                ),
             ]
             stack.push_async_callback(_cancel_all, background)
 

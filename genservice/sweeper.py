@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from genservice import store
 from genservice.batcher import DATABASE_ERRORS
@@ -14,13 +15,26 @@ log = logging.getLogger(__name__)
 INTERRUPTED = "the generation was interrupted: the process running it stopped before the reply finished"
 
 
-async def sweep_forever(pool: Pool, owner: str, interval: float) -> None:
+async def sweep_forever(pool: Pool, owner: str, interval: float, lease_seconds: float) -> None:
+    """Every `interval`, end the streaming messages whose lease expired, but this process's own.
+
+    After the database was unreachable the sweeper waits one lease before it sweeps again: the
+    owners, cut off like everyone else, get that long to renew their leases once it is back.
+    """
+    reachable_since = time.monotonic()
     while True:
         await asyncio.sleep(interval)
+        if time.monotonic() - reachable_since < lease_seconds:
+            try:
+                await store.ping(pool)
+            except DATABASE_ERRORS:
+                reachable_since = time.monotonic()
+            continue
         try:
             ended = await store.end_from_saves(pool, "error", INTERRUPTED, sweeper=owner)
         except DATABASE_ERRORS as exc:
             log.warning("sweep failed (%s); next try in %.1fs", type(exc).__name__, interval)
+            reachable_since = time.monotonic()
             continue
         for record in ended:
             log.warning("message %s: lease expired, ended ERROR with %d characters", record.id, len(record.content))
