@@ -41,13 +41,11 @@
     return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
   }
 
-  function formatTime(value) {
-    if (value === undefined || value === null || value === '') return '';
+  function formatTime(value) { // ISO 8601, or epoch seconds / milliseconds
     const n = Number(value);
-    const d = Number.isFinite(n) ? new Date(n < 1e12 ? n * 1000 : n) : new Date(value);
+    const d = value && Number.isFinite(n) ? new Date(n < 1e12 ? n * 1000 : n) : new Date(value || NaN);
     if (Number.isNaN(d.getTime())) return '';
-    const sameDay = d.toDateString() === new Date().toDateString();
-    return sameDay
+    return d.toDateString() === new Date().toDateString()
       ? d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })
       : d.toLocaleDateString([], { month: 'short', day: 'numeric' });
   }
@@ -64,14 +62,8 @@
 
   async function errorFrom(res) {
     if (res.status === 401) return new ApiError(401, 'unauthenticated', 'Sign in required');
-    let code = `http_${res.status}`;
-    let message = `Request failed (HTTP ${res.status})`;
-    const body = parseJSON(await res.text().catch(() => ''));
-    if (body && body.error) {
-      code = body.error.code || code;
-      message = body.error.message || message;
-    }
-    return new ApiError(res.status, code, message);
+    const e = (parseJSON(await res.text().catch(() => '')) || {}).error || {};
+    return new ApiError(res.status, e.code || `http_${res.status}`, e.message || `Request failed (HTTP ${res.status})`);
   }
 
   async function api(path, options = {}) {
@@ -91,7 +83,6 @@
 
   function clearError() {
     els.error.hidden = true;
-    els.errorText.textContent = '';
   }
 
   // ---- Server-Sent Events over fetch ------------------------------------
@@ -171,10 +162,8 @@
     for (const a of els.conversations.children) {
       const active = a.dataset.conversationId === state.conversationId;
       a.classList.toggle('active', active);
-      if (active) {
-        a.setAttribute('aria-current', 'page');
-        title = a.querySelector('.conversation-title').textContent;
-      } else a.removeAttribute('aria-current');
+      if (active) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
+      if (active) title = a.querySelector('.conversation-title').textContent;
     }
     els.title.textContent = title;
     document.title = state.conversationId ? `${title} · Chat` : 'Chat';
@@ -188,27 +177,23 @@
     node.dataset.role = role;
     node.dataset.messageId = m.id || '';
     const bubble = el('div', 'bubble');
-    const view = { id: m.id, el: node, content: el('div', 'content'), text: '', cp: 0, status: '', source: null };
+    const view = { id: m.id, el: node, content: el('div', 'content'), cp: 0, status: '', source: null };
     bubble.append(view.content);
     node.append(bubble);
     if (role === 'assistant') {
-      view.errorText = el('div', 'error-text');
-      view.badge = el('span', 'badge');
-      view.model = el('span', 'model');
+      Object.assign(view, { errorText: el('div', 'error-text'), badge: el('span', 'badge'), model: el('span', 'model') });
       bubble.append(view.errorText);
-      const meta = el('div', 'meta');
-      meta.append(view.badge, view.model);
-      node.append(meta);
+      node.append(el('div', 'meta'));
+      node.lastChild.append(view.badge, view.model);
     }
-    setText(view, m.content || '');
-    setStatus(view, norm(m.status) || 'complete', m.error, m.model);
     els.messages.append(node);
     if (m.id) state.views.set(m.id, view);
+    setText(view, m.content || '');
+    setStatus(view, norm(m.status) || 'complete', m.error, m.model);
     return view;
   }
 
   function setText(view, text) {
-    view.text = text;
     view.cp = cpLength(text);
     view.content.textContent = text;
   }
@@ -233,7 +218,6 @@
     if (at > view.cp) return false;
     const fresh = at < view.cp ? cpSlice(text, view.cp - at) : text;
     if (fresh) {
-      view.text += fresh;
       view.cp += cpLength(fresh);
       view.content.append(fresh);
       followBottom();
@@ -275,10 +259,7 @@
       const d = parseJSON(e.data);
       if (d && !applyDelta(view, d.text || '', d.offset)) resume(view); // a gap: start again from what is shown
     });
-    es.addEventListener('finished', (e) => {
-      const d = parseJSON(e.data);
-      finish(view, d && d.message);
-    });
+    es.addEventListener('finished', (e) => finish(view, (parseJSON(e.data) || {}).message));
     es.onerror = () => { // EventSource retries by itself unless it gave up (HTTP error, wrong type)
       if (es.readyState === EventSource.CLOSED && view.source === es) {
         view.source = null;
