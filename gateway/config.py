@@ -1,0 +1,72 @@
+"""The gateway's configuration: one frozen dataclass read from the environment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from genservice.envparse import ConfigError, env_addr, env_float, env_int, env_optional, env_str
+
+# RFC 7518 §3.2: an HS256 key has at least 256 bits
+MIN_SECRET_BYTES = 32
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    addr: str = "127.0.0.1:8080"
+    genservice_target: str = "127.0.0.1:50051"
+    # None: the embedded Postgres in .data/
+    database_url: str | None = None
+    # None: development mode, every request is the user `dev`
+    jwt_secret: str | None = field(default=None, repr=False)
+    max_body_bytes: int = 256 * 1024
+    # an idle stream gets a `: ping` comment this often
+    ping_seconds: float = 15.0
+    # on a first SIGTERM/SIGINT open streams get this long to end by themselves, then they are ended cleanly
+    shutdown_grace_seconds: float = 10.0
+    # deadline of a unary call to genservice, and of a stream's first event
+    genservice_timeout_seconds: float = 10.0
+    # bound of each of the health checks (Postgres, genservice)
+    health_timeout_seconds: float = 2.0
+    pool_size: int = 10
+    # Postgres application_name of the pool; the listener is "<name>-listener"
+    name: str = "gateway"
+
+    @property
+    def host(self) -> str:
+        return self.addr.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.addr.rpartition(":")[2])
+
+    @property
+    def listener_name(self) -> str:
+        return f"{self.name}-listener"
+
+    @property
+    def short_secret(self) -> bool:
+        return self.jwt_secret is not None and len(self.jwt_secret.encode()) < MIN_SECRET_BYTES
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> GatewayConfig:
+        config = cls(
+            addr=env_addr(env, "GATEWAY_ADDR", cls.addr),
+            genservice_target=env_str(env, "GENSERVICE_TARGET", cls.genservice_target),
+            database_url=env_optional(env, "DATABASE_URL"),
+            jwt_secret=env_optional(env, "GATEWAY_JWT_SECRET"),
+            max_body_bytes=env_int(env, "MAX_BODY_BYTES", cls.max_body_bytes),
+            ping_seconds=env_float(env, "PING_SECONDS", cls.ping_seconds, minimum=0.01),
+            shutdown_grace_seconds=env_float(env, "SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds),
+            genservice_timeout_seconds=env_float(
+                env, "GENSERVICE_TIMEOUT_SECONDS", cls.genservice_timeout_seconds, minimum=0.1
+            ),
+            health_timeout_seconds=env_float(env, "HEALTH_TIMEOUT_SECONDS", cls.health_timeout_seconds, minimum=0.1),
+            pool_size=env_int(env, "GATEWAY_POOL_SIZE", cls.pool_size),
+            name=env_str(env, "GATEWAY_NAME", cls.name),
+        )
+        if config.database_url is not None and not config.database_url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("DATABASE_URL must start with postgresql://")
+        if len(config.name) > 40 or not config.name.isprintable():
+            raise ConfigError(f"GATEWAY_NAME must be at most 40 printable characters, got {config.name!r}")
+        return config

@@ -1,0 +1,50 @@
+"""The gateway's Prometheus metrics, on a registry of its own (never the process-global one)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from genservice.hub import ListenerHub
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.open_streams = Gauge(
+            "gateway_open_streams", "Event streams open now, by route", ["route"], registry=registry
+        )
+        self.replies_started = Counter(
+            "gateway_replies_started", "Replies started through POST /v1/replies", registry=registry
+        )
+        self.resumes = Counter(
+            "gateway_resumes", "Streams opened on GET /v1/messages/{id}/events", ["from_start"], registry=registry
+        )
+        self.streams_ended_early = Counter(
+            "gateway_streams_ended_early",
+            "Streams ended before their `finished` event, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.errors = Counter("gateway_errors", "Error responses, by code", ["code"], registry=registry)
+
+
+class HubCollector(Collector):
+    """What the process's one LISTEN connection sees, read from the hub at scrape time."""
+
+    def __init__(self, hub: ListenerHub) -> None:
+        self._hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "gateway_listener_notices", "Notifications received on the LISTEN connection", self._hub.notices_received
+        )
+        yield GaugeMetricFamily(
+            "gateway_listener_connected", "1 while the LISTEN connection is up", 1 if self._hub.connected else 0
+        )
+        yield GaugeMetricFamily(
+            "gateway_listener_subscriptions", "Streams subscribed to notifications", self._hub.subscription_count
+        )

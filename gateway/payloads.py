@@ -1,0 +1,109 @@
+"""What clients send, checked and typed: JSON bodies (bounded in size), resume offsets, paging."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+
+from gateway.errors import ApiError, bad_request, unprocessable
+
+JSON_MEDIA_TYPES = ("application/json",)
+MAX_OFFSET = 2**62
+
+
+@dataclass(frozen=True)
+class ReplyRequest:
+    content: str
+    conversation_id: str = ""
+    model: str = ""
+    request_id: str = ""
+    interrupt: bool = False
+
+    @classmethod
+    def from_json(cls, body: object) -> ReplyRequest:
+        if not isinstance(body, dict):
+            raise unprocessable("the body must be a JSON object")
+        content = body.get("content")
+        if content is None:
+            raise unprocessable("content is required")
+        if not isinstance(content, str):
+            raise unprocessable("content must be a string")
+        interrupt = body.get("interrupt", False)
+        if not isinstance(interrupt, bool):
+            raise unprocessable("interrupt must be true or false")
+        return cls(
+            content=content,
+            conversation_id=_optional_str(body, "conversation_id"),
+            model=_optional_str(body, "model"),
+            request_id=_optional_str(body, "request_id"),
+            interrupt=interrupt,
+        )
+
+
+def _optional_str(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise unprocessable(f"{name} must be a string")
+    return value
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    if content_type is None:
+        return False
+    media_type = content_type.partition(";")[0].strip().lower()
+    return media_type in JSON_MEDIA_TYPES or (media_type.startswith("application/") and media_type.endswith("+json"))
+
+
+async def read_json(request: Request, limit: int) -> object:
+    """The request's JSON body: 400 when it is not JSON, 413 past `limit` bytes (read no further than that)."""
+    if not is_json_media_type(request.headers.get("content-type")):
+        raise bad_request("the body must be JSON, sent with Content-Type: application/json")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (ValueError, RecursionError):
+        raise bad_request("the body is not valid JSON") from None
+
+
+def parse_offset(value: str, source: str) -> int:
+    """A resume offset in code points: a whole number, 0 or more."""
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or int(text) > MAX_OFFSET:
+        raise bad_request(f"{source} must be a whole number of characters, 0 or more, got {value[:40]!r}")
+    return int(text)
+
+
+def resume_offset(last_event_id: str | None, offset: str | None) -> int:
+    """After the Last-Event-ID header when present, else ?offset=, else 0."""
+    if last_event_id is not None and last_event_id.strip():
+        return parse_offset(last_event_id, "Last-Event-ID")
+    if offset is not None:
+        return parse_offset(offset, "offset")
+    return 0
+
+
+def parse_page_size(value: str | None) -> int:
+    if value is None or not value.strip():
+        return 0
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 9:
+        raise bad_request(f"page_size must be a whole number, got {value[:40]!r}")
+    return int(text)

@@ -1,0 +1,62 @@
+"""What a running gateway holds, opened once at start in one place and closed in reverse.
+
+The gRPC channel to genservice, the Postgres pool, the process's one LISTEN connection (the
+hub), and the small objects built on them. Handlers get them from the request's state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from gateway.auth import DEV_USER, Authenticator
+from gateway.config import MIN_SECRET_BYTES, GatewayConfig
+from gateway.metrics import GatewayMetrics, HubCollector
+from gateway.relay import Relay
+from gateway.upstream import Upstream, open_channel
+from genservice.database import Pool, open_pool, postgres_url
+from genservice.hub import ListenerHub
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resources:
+    config: GatewayConfig
+    upstream: Upstream
+    pool: Pool
+    hub: ListenerHub
+    auth: Authenticator
+    metrics: GatewayMetrics
+    relay: Relay
+
+
+@asynccontextmanager
+async def open_resources(config: GatewayConfig, metrics: GatewayMetrics, relay: Relay) -> AsyncIterator[Resources]:
+    auth = Authenticator(config.jwt_secret)
+    if auth.development:
+        log.warning("GATEWAY_JWT_SECRET is unset: development mode, every request is the user %r", DEV_USER)
+    elif config.short_secret:
+        log.warning("GATEWAY_JWT_SECRET is shorter than %d bytes, too short for HS256", MIN_SECRET_BYTES)
+    async with AsyncExitStack() as stack:
+        url = stack.enter_context(postgres_url(config.database_url))
+        channel = await stack.enter_async_context(open_channel(config.genservice_target))
+        pool = await stack.enter_async_context(open_pool(url, config.name, config.pool_size))
+        hub = await stack.enter_async_context(ListenerHub(url, config.listener_name))
+        if not hub.connected:
+            log.warning("the LISTEN connection is not up yet; streams will catch up when it is")
+        collector = HubCollector(hub)
+        metrics.registry.register(collector)
+        stack.callback(metrics.registry.unregister, collector)
+        log.info("gateway resources open: genservice at %s, pool %r", config.genservice_target, config.name)
+        yield Resources(
+            config=config,
+            upstream=Upstream(channel, config.genservice_timeout_seconds),
+            pool=pool,
+            hub=hub,
+            auth=auth,
+            metrics=metrics,
+            relay=relay,
+        )

@@ -1,0 +1,142 @@
+"""The HTTP routes: each handler authenticates, checks its input, calls genservice or Postgres, answers.
+
+Streams pull their first event before the response starts, so bad input and an unreachable
+backend get a JSON error with the fitting status instead of an empty stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import cast
+
+import psycopg
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from gateway import views
+from gateway.payloads import ReplyRequest, parse_page_size, read_json, resume_offset
+from gateway.relay import EventStreamResponse, first_event
+from gateway.resources import Resources
+from genservice import store
+from genservice.follow import follow_message
+from genservice.v1 import genservice_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+def resources(request: Request) -> Resources:
+    return cast(Resources, request.state.resources)
+
+
+async def post_reply(request: Request) -> Response:
+    res = resources(request)
+    user_id = res.auth.user_id(request)
+    reply = ReplyRequest.from_json(await read_json(request, res.config.max_body_bytes))
+    events = res.upstream.stream_reply(
+        pb.StreamReplyRequest(
+            user_id=user_id,
+            conversation_id=reply.conversation_id,
+            content=reply.content,
+            model=reply.model,
+            request_id=reply.request_id,
+            interrupt=reply.interrupt,
+        )
+    )
+    first = await first_event(events, res.config.genservice_timeout_seconds)
+    res.metrics.replies_started.inc()
+    log.info("reply stream open for message %s", first.started.message_id)
+    return EventStreamResponse(res.relay.body(first, events, "reply"))
+
+
+async def message_events(request: Request) -> Response:
+    res = resources(request)
+    user_id = res.auth.user_id(request)
+    message_id = request.path_params["message_id"]
+    offset = resume_offset(request.headers.get("last-event-id"), request.query_params.get("offset"))
+    events = follow_message(res.pool, res.hub, user_id, message_id, offset)
+    first = await first_event(events, res.config.genservice_timeout_seconds)
+    res.metrics.resumes.labels(from_start="true" if offset == 0 else "false").inc()
+    log.info("follow stream open for message %s from offset %d", message_id, offset)
+    return EventStreamResponse(res.relay.body(first, events, "follow"))
+
+
+async def get_message(request: Request) -> Response:
+    res = resources(request)
+    user_id = res.auth.user_id(request)
+    message = await res.upstream.get_message(user_id, request.path_params["message_id"])
+    return JSONResponse(views.message(message))
+
+
+async def cancel_message(request: Request) -> Response:
+    res = resources(request)
+    user_id = res.auth.user_id(request)
+    message = await res.upstream.cancel_reply(user_id, request.path_params["message_id"])
+    return JSONResponse(views.message(message))
+
+
+async def list_conversations(request: Request) -> Response:
+    res = resources(request)
+    user_id = res.auth.user_id(request)
+    page_size = parse_page_size(request.query_params.get("page_size"))
+    page = await res.upstream.list_conversations(user_id, page_size, request.query_params.get("page_token", ""))
+    return JSONResponse(
+        {"conversations": [views.conversation(c) for c in page.conversations], "next_page_token": page.next_page_token}
+    )
+
+
+async def list_messages(request: Request) -> Response:
+    res = resources(request)
+    user_id = res.auth.user_id(request)
+    listing = await res.upstream.list_messages(user_id, request.path_params["conversation_id"])
+    return JSONResponse({"messages": [views.message(m) for m in listing.messages]})
+
+
+async def healthz(request: Request) -> Response:
+    res = resources(request)
+    if res.relay.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
+    timeout = res.config.health_timeout_seconds
+    postgres, genservice = await asyncio.gather(_postgres_answers(res, timeout), res.upstream.serving(timeout))
+    if postgres and genservice:
+        return JSONResponse({"status": "ok"})
+    checks = {"postgres": "ok" if postgres else "unavailable", "genservice": "ok" if genservice else "unavailable"}
+    return JSONResponse({"status": "unavailable", "checks": checks}, status_code=503)
+
+
+async def _postgres_answers(res: Resources, timeout: float) -> bool:
+    try:
+        async with asyncio.timeout(timeout):
+            await store.ping(res.pool)
+    except (TimeoutError, psycopg.Error) as exc:
+        log.warning("Postgres health check failed: %s", type(exc).__name__)
+        return False
+    return True
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(resources(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def routes(static_dir: Path) -> list[BaseRoute]:
+    index = static_dir / "index.html"
+
+    async def page(request: Request) -> Response:
+        return FileResponse(index, media_type="text/html", headers={"Cache-Control": "no-cache"})
+
+    return [
+        Route("/", page, methods=["GET", "HEAD"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/v1/replies", post_reply, methods=["POST"]),
+        Route("/v1/messages/{message_id}", get_message, methods=["GET"]),
+        Route("/v1/messages/{message_id}/events", message_events, methods=["GET"]),
+        Route("/v1/messages/{message_id}/cancel", cancel_message, methods=["POST"]),
+        Route("/v1/conversations", list_conversations, methods=["GET"]),
+        Route("/v1/conversations/{conversation_id}/messages", list_messages, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=static_dir), name="static"),
+    ]

@@ -1,0 +1,95 @@
+"""The gateway's one gRPC channel to genservice, and the calls it makes on it.
+
+Unary calls carry a deadline; a reply stream has none (a reply may take minutes), so its first
+event is bounded by the caller instead. gRPC failures become ApiErrors here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.errors import from_rpc_error
+from genservice.v1 import genservice_pb2 as pb
+from genservice.v1 import genservice_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+# a genservice that comes back is found again within a couple of seconds
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+class Upstream:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = pb_grpc.GenerationServiceStub(channel)
+        self._health = health_pb2_grpc.HealthStub(channel)
+        self._timeout = timeout
+
+    async def stream_reply(self, request: pb.StreamReplyRequest) -> AsyncIterator[pb.ReplyEvent]:
+        """The reply's events. Closing this iterator cancels the call only: the reply goes on in genservice."""
+        call = self._stub.StreamReply(request)
+        try:
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+        finally:
+            call.cancel()
+
+    async def get_message(self, user_id: str, message_id: str) -> pb.Message:
+        request = pb.GetMessageRequest(user_id=user_id, message_id=message_id)
+        with rpc_errors():
+            reply: pb.Message = await self._stub.GetMessage(request, timeout=self._timeout)
+        return reply
+
+    async def cancel_reply(self, user_id: str, message_id: str) -> pb.Message:
+        request = pb.CancelReplyRequest(user_id=user_id, message_id=message_id)
+        with rpc_errors():
+            reply: pb.Message = await self._stub.CancelReply(request, timeout=self._timeout)
+        return reply
+
+    async def list_messages(self, user_id: str, conversation_id: str) -> pb.ListMessagesResponse:
+        request = pb.ListMessagesRequest(user_id=user_id, conversation_id=conversation_id)
+        with rpc_errors():
+            reply: pb.ListMessagesResponse = await self._stub.ListMessages(request, timeout=self._timeout)
+        return reply
+
+    async def list_conversations(self, user_id: str, page_size: int, page_token: str) -> pb.ListConversationsResponse:
+        request = pb.ListConversationsRequest(user_id=user_id, page_size=page_size, page_token=page_token)
+        with rpc_errors():
+            reply: pb.ListConversationsResponse = await self._stub.ListConversations(request, timeout=self._timeout)
+        return reply
+
+    async def serving(self, timeout: float) -> bool:
+        """Whether genservice's standard health service answers SERVING within `timeout`."""
+        try:
+            answer = await self._health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            log.warning("genservice health check failed: %s", err.code())
+            return False
+        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+@contextmanager
+def rpc_errors() -> Iterator[None]:
+    try:
+        yield
+    except grpc.aio.AioRpcError as err:
+        raise from_rpc_error(err) from None
+
+
+@asynccontextmanager
+async def open_channel(target: str) -> AsyncIterator[grpc.aio.Channel]:
+    channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    try:
+        yield channel
+    finally:
+        await channel.close(grace=None)
