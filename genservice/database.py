@@ -29,6 +29,8 @@ def postgres_url(database_url: str | None, data_dir: Path = EMBEDDED_DATA_DIR) -
         return
     data_dir.mkdir(parents=True, exist_ok=True)
     log.info("DATABASE_URL is unset: using the embedded Postgres in %s", data_dir)
+    # pgserver narrates every step at INFO
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         # pgserver warns at import when XDG_RUNTIME_DIR is unset, and then uses a fine fallback
         warnings.simplefilter("ignore")
