@@ -55,6 +55,8 @@ async def open_pool(url: str, application_name: str, max_size: int = 10) -> Asyn
         kwargs={**connection_kwargs(application_name), "row_factory": dict_row},
         connection_class=AsyncConnection[DictRow],
         timeout=CONNECT_TIMEOUT_SECONDS,
+        # after Postgres restarts every idle connection is dead: check each one before handing it out
+        check=AsyncConnectionPool.check_connection,
         open=False,
     )
     await pool.open(wait=False)
