@@ -19,15 +19,19 @@ from genservice.v1 import genservice_pb2 as pb
 
 
 async def follow_message(
-    pool: Pool, hub: ListenerHub, user_id: str, message_id: str, offset: int
+    pool: Pool, hub: ListenerHub, user_id: str, message_id: str, offset: int, *, seen_unsaved: bool = False
 ) -> AsyncIterator[pb.ReplyEvent]:
-    """`started`, then deltas after `offset`, then `finished`. Bad input raises before `started`."""
+    """`started`, then deltas after `offset`, then `finished`. Bad input raises before `started`.
+
+    seen_unsaved: the caller got live text ahead of the saves, so an offset past the end of an ended
+    message is no mistake (its owner lost the lease before saving it): it gets `finished`, the truth.
+    """
     message_id = parse_id(message_id, "message_id")
     if offset < 0:
         raise InvalidArgument(f"offset must be 0 or more, got {offset}")
     async with hub.subscribe(message_id) as subscription:
         record, text = await store.read_after(pool, user_id, message_id, offset)
-        if record.terminal and offset > len(record.content):
+        if record.terminal and offset > len(record.content) and not seen_unsaved:
             raise InvalidArgument(f"offset {offset} is past the end of message {message_id} ({len(record.content)})")
         yield pb.ReplyEvent(started=pb.ReplyStarted(message_id=record.id, conversation_id=record.conversation_id))
         sent = offset

@@ -168,7 +168,7 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
                     sent = offset + len(text)
             except FellBehind:
                 log.info("message %s: a caller fell behind at %d; it reads from Postgres now", message.id, sent)
-        async for event in follow_message(self._pool, self._hub, user_id, message.id, sent):
+        async for event in follow_message(self._pool, self._hub, user_id, message.id, sent, seen_unsaved=True):
             if not event.HasField("started"):
                 yield event
 

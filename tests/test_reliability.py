@@ -170,3 +170,26 @@ async def test_an_unreachable_model_ends_error_with_a_reason(genservice_config):
     final = events[-1].finished.message
     assert final.status == pb.MESSAGE_STATUS_ERROR
     assert "could not reach the model" in final.error
+
+
+async def test_a_paused_owner_that_lost_its_lease_never_writes_to_the_message_again(stub, database_url, model_server):
+    user_id, content = user(), "pause [[len=6000 chunk=5 delay=0.005]]"
+    env = {"DATABASE_URL": database_url, "OPENAI_BASE_URL": model_server.base_url, "LEASE_SECONDS": "1"}
+    async with genservice_process(env) as paused:
+        async with grpc.aio.insecure_channel(paused.addr) as channel:
+            call = pb_grpc.GenerationServiceStub(channel).StreamReply(
+                pb.StreamReplyRequest(user_id=user_id, content=content)
+            )
+            started, _ = await read_chars(call, 300)
+            watch = stub.WatchReply(pb.WatchReplyRequest(user_id=user_id, message_id=started.message_id))
+            paused.signal(signal.SIGSTOP)
+            swept = (await collect(watch, seconds=10))[-1].finished.message
+            paused.signal(signal.SIGCONT)
+            # back from its pause, the owner finds its lease gone: its caller is told the truth from Postgres
+            told = (await collect(call, seconds=10))[-1].finished.message
+        after = await stub.GetMessage(pb.GetMessageRequest(user_id=user_id, message_id=started.message_id))
+
+    assert swept.status == pb.MESSAGE_STATUS_ERROR and "interrupted" in swept.error
+    assert told.status == swept.status and told.content == swept.content
+    assert after.status == swept.status and after.content == swept.content
+    assert after.updated_at == swept.updated_at
