@@ -43,7 +43,15 @@ def postgres_url(database_url: str | None, data_dir: Path = EMBEDDED_DATA_DIR) -
 
 
 def connection_kwargs(application_name: str) -> dict[str, Any]:
-    return {"application_name": application_name, "connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    return {
+        "application_name": application_name,
+        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        # a peer that vanished without a word (a partition) is noticed in about 20 s, not hours
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 2,
+    }
 
 
 @asynccontextmanager

@@ -114,6 +114,8 @@ class ListenerHub:
                     self._url, autocommit=True, **connection_kwargs(self._application_name)
                 ) as conn:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                    if backoff > BACKOFF_FIRST:
+                        log.warning("listening again")
                     self._ready.set()
                     backoff = BACKOFF_FIRST
                     # whatever happened while we were not listening is only in the database now
@@ -121,7 +123,9 @@ class ListenerHub:
                     async for notify in conn.notifies():
                         self._dispatch(notify.payload)
             except psycopg.Error as exc:
-                log.warning("listener connection lost (%s); reconnecting in %.1fs", type(exc).__name__, backoff)
+                # one warning per outage, not one per attempt
+                level = logging.WARNING if self._ready.is_set() or backoff == BACKOFF_FIRST else logging.DEBUG
+                log.log(level, "listener connection lost (%s); reconnecting with backoff", type(exc).__name__)
             self._ready.clear()
             self._resync_all()
             await asyncio.sleep(backoff)
