@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 from genservice.hub import ListenerHub
@@ -47,4 +47,10 @@ class HubCollector(Collector):
         )
         yield GaugeMetricFamily(
             "gateway_listener_subscriptions", "Streams subscribed to notifications", self._hub.subscription_count
+        )
+        yield SummaryMetricFamily(
+            "gateway_notification_lag_seconds",
+            "From a NOTIFY being written (before its commit) to its arrival at this gateway",
+            count_value=self._hub.lag_count,
+            sum_value=self._hub.lag_seconds_sum,
         )

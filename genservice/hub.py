@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -69,6 +70,9 @@ class ListenerHub:
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self.notices_received = 0
+        # seconds from a NOTIFY being written to its arrival here, summed over the notices that say when
+        self.lag_seconds_sum = 0.0
+        self.lag_count = 0
 
     @property
     def connected(self) -> bool:
@@ -136,6 +140,9 @@ class ListenerHub:
         if notice is None:
             return
         self.notices_received += 1
+        if notice.sent_at is not None:
+            self.lag_seconds_sum += max(time.time() - notice.sent_at, 0.0)
+            self.lag_count += 1
         for subscription in self._subscriptions.get(notice.message_id, ()):
             subscription._push(notice)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,13 +22,20 @@ class Notice:
     start: int | None = None
     text: str | None = None
     cancel_requested: bool = False
+    # unix time the notice was written (a received notice only), for the notification-lag metric
+    sent_at: float | None = None
 
     @property
     def terminal(self) -> bool:
         return self.status != "streaming"
 
     def encode(self) -> str:
-        payload: dict[str, object] = {"m": self.message_id, "s": self.status, "e": self.end}
+        payload: dict[str, object] = {
+            "m": self.message_id,
+            "s": self.status,
+            "e": self.end,
+            "ts": round(time.time(), 3),
+        }
         if self.text is not None and len(self.text.encode()) <= MAX_INLINE_TEXT_BYTES:
             payload.update(o=self.start, t=self.text)
         if self.cancel_requested:
@@ -47,6 +55,7 @@ class Notice:
                 start=int(data["o"]) if text is not None else None,
                 text=str(text) if text is not None else None,
                 cancel_requested=bool(data.get("c")),
+                sent_at=float(data["ts"]) if "ts" in data else None,
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None

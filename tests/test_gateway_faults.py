@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from gateway.server import RunningGateway
 from genservice.database import Pool
-from tests.gateway_harness import Event, content, joined, read_all, reply_text, stream_events, until
+from tests.gateway_harness import Event, content, joined, metric, read_all, reply_text, stream_events, until
 from tests.gateway_harness import client_fixture as client_fixture
 from tests.gateway_harness import gateway_fixture as gateway_fixture
 from tests.postgres_control import data_directory, pg_ctl
@@ -50,6 +50,9 @@ async def test_a_killed_listen_connection_costs_latency_not_text(
         return len(pids) == 1 and pids != [pid]
 
     await until(listening_again)
+    # the notices that woke the stream were timed on their way
+    assert await metric(client, "gateway_notification_lag_seconds_count") > 0
+    assert await metric(client, "gateway_notification_lag_seconds_sum") >= 0
 
 
 async def read_all_from(events) -> list[Event]:
