@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import grpc
 
@@ -13,16 +16,22 @@ from tests.processes import genservice_process
 from tests.replies import collect, joined
 
 
-async def test_a_watcher_on_one_replica_follows_a_generation_on_another(
-    stub, database_url: str, model_server: ModelServer
-):
-    user_id, content = f"user-{uuid.uuid4().hex[:8]}", "far away [[len=2500 chunk=5 delay=0.004]]"
+@asynccontextmanager
+async def reply_on_another_replica(
+    database_url: str, model_server: ModelServer, user_id: str, content: str
+) -> AsyncIterator[tuple[Any, pb.ReplyStarted]]:
+    """A reply started on a second genservice process: its open call and its `started` event."""
     env = {"DATABASE_URL": database_url, "OPENAI_BASE_URL": model_server.base_url}
     async with genservice_process(env) as other, grpc.aio.insecure_channel(other.addr) as channel:
-        remote = pb_grpc.GenerationServiceStub(channel)
-        call = remote.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=content))
-        started = (await call.read()).started
+        call = pb_grpc.GenerationServiceStub(channel).StreamReply(
+            pb.StreamReplyRequest(user_id=user_id, content=content)
+        )
+        yield call, (await call.read()).started
 
+
+async def test_a_watcher_on_one_replica_follows_a_generation_on_another(stub, database_url, model_server):
+    user_id, content = f"user-{uuid.uuid4().hex[:8]}", "far away [[len=2500 chunk=5 delay=0.004]]"
+    async with reply_on_another_replica(database_url, model_server, user_id, content) as (call, started):
         # the in-process service runs no generation for it: all it knows comes from Postgres
         watched = await collect(
             stub.WatchReply(pb.WatchReplyRequest(user_id=user_id, message_id=started.message_id, offset=10))
@@ -33,19 +42,12 @@ async def test_a_watcher_on_one_replica_follows_a_generation_on_another(
     assert watched[-1].finished.message.status == pb.MESSAGE_STATUS_COMPLETE
 
 
-async def test_a_stop_asked_on_one_replica_ends_the_generation_on_another(
-    stub, database_url: str, model_server: ModelServer
-):
+async def test_a_stop_asked_on_one_replica_ends_the_generation_on_another(stub, database_url, model_server):
     user_id, content = f"user-{uuid.uuid4().hex[:8]}", "stop over there [[len=6000 chunk=5 delay=0.01]]"
-    env = {"DATABASE_URL": database_url, "OPENAI_BASE_URL": model_server.base_url}
-    async with genservice_process(env) as other, grpc.aio.insecure_channel(other.addr) as channel:
-        remote = pb_grpc.GenerationServiceStub(channel)
-        call = remote.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=content))
-        started = (await call.read()).started
+    async with reply_on_another_replica(database_url, model_server, user_id, content) as (call, started):
         received = ""
         while len(received) < 300:
             received += (await call.read()).delta.text
-
         stopped = await stub.CancelReply(pb.CancelReplyRequest(user_id=user_id, message_id=started.message_id))
         rest = await collect(call)
 
