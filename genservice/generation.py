@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 SUBSCRIBER_QUEUE_LIMIT = 512
 FINISH_RETRY_MAX = 2.0
+CANCELLED = Ending("cancelled", "", "cancelled")
+# the message was ended by another process: this one writes nothing more to it
+LEASE_LOST = Ending("lease_lost")
+SHUT_DOWN = Ending("error", "the service shut down before the reply finished")
 
 
 class FellBehind(Exception):
@@ -53,6 +57,8 @@ class Generation:
         self.final: MessageRecord | None = None
         self._subscribers: set[_Subscriber] = set()
         self.stop_reason: Ending | None = None
+        # the model's stream is over and the end is being written: nothing may interrupt that
+        self.finishing = False
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -157,16 +163,15 @@ class Generations:
         return generation
 
     def _lease_lost(self, message_id: str) -> None:
-        generation = self._running.get(message_id)
-        if generation is not None and generation.task is not None:
-            generation.stop_reason = Ending("lease_lost")
-            generation.task.cancel()
+        self.stop(message_id, LEASE_LOST)
 
     def stop(self, message_id: str, ending: Ending) -> None:
+        """End a generation's model stream with `ending`, unless it is already ending."""
         generation = self._running.get(message_id)
-        if generation is not None and generation.task is not None and generation.stop_reason is None:
-            generation.stop_reason = ending
-            generation.task.cancel()
+        if generation is None or generation.task is None or generation.finishing or generation.stop_reason:
+            return
+        generation.stop_reason = ending
+        generation.task.cancel()
 
     async def _run(self, generation: Generation) -> None:
         message_id = generation.message_id
@@ -181,8 +186,9 @@ class Generations:
                         raise
                     ending = generation.stop_reason
                 finally:
+                    generation.finishing = True
                     watcher.cancel()
-            if ending.status == "lease_lost":
+            if ending is LEASE_LOST:
                 log.warning("message %s: ended elsewhere; nothing more is written", message_id)
                 generation.abandon()
                 return
@@ -219,6 +225,9 @@ class Generations:
             self.batcher.add(generation.message_id, text)
 
     async def _watch_for_stop(self, generation: Generation, subscription: Subscription) -> None:
+        self.stop(generation.message_id, await self._stop_request(generation, subscription))
+
+    async def _stop_request(self, generation: Generation, subscription: Subscription) -> Ending:
         """A stop request, or the message ended by another process, heard wherever it was made."""
         while True:
             notices = await subscription.wait()
@@ -226,14 +235,14 @@ class Generations:
                 with contextlib.suppress(*DATABASE_ERRORS):
                     record = await store.get_message(self._pool, generation.user_id, generation.message_id)
                     if record.terminal:
-                        return self.stop(generation.message_id, Ending("lease_lost"))
+                        return LEASE_LOST
                     if await store.cancel_requested(self._pool, generation.message_id):
-                        return self.stop(generation.message_id, Ending("cancelled", "", "cancelled"))
+                        return CANCELLED
                 continue
             if any(n.terminal for n in notices):
-                return self.stop(generation.message_id, Ending("lease_lost"))
+                return LEASE_LOST
             if any(n.cancel_requested for n in notices):
-                return self.stop(generation.message_id, Ending("cancelled", "", "cancelled"))
+                return CANCELLED
 
     async def _finish(self, generation: Generation, ending: Ending) -> None:
         """Write the end, retrying through a database outage; the text is never dropped."""
@@ -263,6 +272,6 @@ class Generations:
             log.info("waiting up to %.1fs for %d running generations", grace, len(tasks))
             _done, pending = await asyncio.wait(tasks, timeout=grace)
             for generation in list(self._running.values()):
-                self.stop(generation.message_id, Ending("error", "the service shut down before the reply finished"))
+                self.stop(generation.message_id, SHUT_DOWN)
             if pending:
                 await asyncio.wait(pending, timeout=max(grace, 5.0))
