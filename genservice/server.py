@@ -34,6 +34,23 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
 RPC_GRACE_SECONDS = 2.0
+ENVIRONMENT_HELP = """environment:
+  GENSERVICE_ADDR              host:port to listen on (127.0.0.1:50051)
+  DATABASE_URL                 Postgres (unset: the embedded Postgres in .data/)
+  OPENAI_BASE_URL              any OpenAI-compatible endpoint (unset: demo-llm at DEMO_LLM_ADDR, 127.0.0.1:8181)
+  OPENAI_API_KEY               its key (never logged)
+  OPENAI_MODEL                 model when a request names none (demo)
+  SAVE_EVERY_CHARS             a save at least every this many characters (200)
+  SAVE_MAX_DELAY_MS            and at most this long after new text (100)
+  LEASE_SECONDS                a generation's lease; a dead owner's message ends ERROR after about 4/3 of it (15)
+  SHUTDOWN_GRACE_SECONDS       time running replies get to finish on SIGTERM (10)
+  MODEL_IDLE_TIMEOUT_SECONDS   longest silence from the model (60)
+  MODEL_MAX_RETRIES            retries before the first token (2)
+  MAX_REPLY_CHARS              longest reply kept (200000)
+  MAX_CONTENT_CHARS            longest user message accepted (32000)
+
+The first SIGTERM/SIGINT drains (NOT_SERVING, new replies refused, running ones finish or end ERROR);
+a second exits at once."""
 
 
 @dataclass(frozen=True)
@@ -110,13 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="genservice",
         description="gRPC generation service: owns every LLM call and saves each reply to Postgres as it is written.",
-        epilog=(
-            "Environment: GENSERVICE_ADDR (127.0.0.1:50051), DATABASE_URL (unset: embedded Postgres in .data/), "
-            "OPENAI_BASE_URL (unset: demo-llm at DEMO_LLM_ADDR), OPENAI_API_KEY, OPENAI_MODEL (demo), "
-            "SAVE_EVERY_CHARS (200), SAVE_MAX_DELAY_MS (100), LEASE_SECONDS (15), SHUTDOWN_GRACE_SECONDS (10), "
-            "MODEL_IDLE_TIMEOUT_SECONDS (60), MODEL_MAX_RETRIES (2), MAX_REPLY_CHARS (200000), "
-            "MAX_CONTENT_CHARS (32000). First SIGTERM/SIGINT drains; a second exits at once."
-        ),
+        epilog=ENVIRONMENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
