@@ -43,14 +43,14 @@ async def browser() -> AsyncIterator[object]:
             await launched.close()
 
 
-async def test_a_reply_survives_a_reload_and_shows_exactly_once(browser, gateway: RunningGateway):
+@pytest.mark.parametrize("cut", ["reload", "close and reopen"])
+async def test_a_reply_survives_the_tab_going_away_and_shows_exactly_once(browser, gateway: RunningGateway, cut):
     message = content("page", "[[len=2500 chunk=5 delay=0.004]]")
     page = await browser.new_page()
     try:
         await page.goto(gateway.base_url + "/")
         await page.fill("#composer-input", message)
         await page.click("#send")
-        assistant = page.locator('.message[data-role="assistant"]').last
         await page.wait_for_function(
             """() => {
                 const all = document.querySelectorAll('.message[data-role="assistant"] .content');
@@ -58,9 +58,16 @@ async def test_a_reply_survives_a_reload_and_shows_exactly_once(browser, gateway
             }""",
             timeout=10_000,
         )
-        await page.reload()
-
         assert "?c=" in page.url
+        if cut == "reload":
+            await page.reload()
+        else:
+            url = page.url
+            await page.close()
+            page = await browser.new_page()
+            await page.goto(url)
+
+        assistant = page.locator('.message[data-role="assistant"]').last
         await assistant.and_(page.locator('[data-status="complete"]')).wait_for(timeout=15_000)
         message_id = await assistant.get_attribute("data-message-id")
         shown = await assistant.locator(".content").text_content()
