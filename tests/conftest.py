@@ -20,13 +20,18 @@ from genservice.migrations import migrate
 from genservice.server import running_service
 from genservice.v1 import genservice_pb2_grpc as pb_grpc
 from tests.model_server import ModelServer
+from tests.postgres_control import pg_ctl
 
 
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """DATABASE_URL when set, else an embedded Postgres of the test session's own."""
-    with postgres_url(os.environ.get("DATABASE_URL") or None, Path(tmp_path_factory.mktemp("pg"))) as url:
+    data_dir = Path(tmp_path_factory.mktemp("pg"))
+    with postgres_url(os.environ.get("DATABASE_URL") or None, data_dir) as url:
         yield url
+    if (data_dir / "postmaster.pid").exists():
+        # restarted by a test, the server is one the embedded-Postgres package no longer knows to stop
+        pg_ctl(data_dir, "stop", "-m", "fast")
 
 
 @pytest.fixture(scope="session")
