@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,15 @@ STOP_SECONDS = 20
 def _spawn(name: str, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
     # a session of its own: Ctrl-C reaches the stack, which stops each part in order
     return subprocess.Popen([sys.executable, "-m", name], env=dict(env), start_new_session=True)
+
+
+def _listening(addr: str) -> bool:
+    host, _, port = addr.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def _healthy(url: str) -> bool:
@@ -69,7 +79,6 @@ def run(env: Mapping[str, str]) -> int:
                 log.info("OPENAI_BASE_URL is unset: starting demo-llm, the offline demo model")
                 processes.append(("demo-llm", _spawn("genservice.demo_llm", child_env)))
             processes.append(("genservice", _spawn("genservice.server", child_env)))
-            processes.append(("gateway", _spawn("gateway.server", child_env)))
             page = f"http://{gateway_addr}/"
             announced = False
             while not stopping:
@@ -77,6 +86,9 @@ def run(env: Mapping[str, str]) -> int:
                 if exited:
                     log.error("%s exited (code %s); stopping the rest", *exited[0])
                     return 1
+                if "gateway" not in dict(processes) and _listening(genservice_addr):
+                    # the gateway last, so that its first health checks find genservice up
+                    processes.append(("gateway", _spawn("gateway.server", child_env)))
                 if not announced and _healthy(page + "healthz"):
                     log.info("ready: open %s in a browser (Ctrl-C stops everything)", page)
                     announced = True
