@@ -22,6 +22,7 @@ import pytest
 
 from gateway.config import GatewayConfig
 from gateway.server import RunningGateway, running_gateway
+from genservice.database import Pool
 from tests.model_server import expected_reply
 
 # a reply that streams for about a second and a half: time to disconnect, resume, shut down under it
@@ -153,6 +154,16 @@ async def until(check: Callable[[], Awaitable[bool]], seconds: float = 5) -> Non
     async with asyncio.timeout(seconds):
         while not await check():
             await asyncio.sleep(0.02)
+
+
+async def listener_pids(pool: Pool, application_name: str) -> list[int]:
+    """The backends LISTENing for a process, found by the application_name it gives them."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND query ILIKE 'LISTEN%%'",
+            (application_name,),
+        )
+        return [row["pid"] for row in await cursor.fetchall()]
 
 
 def gateway_config(database_url: str, genservice_target: str, **changes: Any) -> GatewayConfig:

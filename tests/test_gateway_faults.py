@@ -12,19 +12,20 @@ from hypothesis import strategies as st
 
 from gateway.server import RunningGateway
 from genservice.database import Pool
-from tests.gateway_harness import Event, content, joined, metric, read_all, reply_text, stream_events, until
+from tests.gateway_harness import (
+    Event,
+    content,
+    joined,
+    listener_pids,
+    metric,
+    read_all,
+    reply_text,
+    stream_events,
+    until,
+)
 from tests.gateway_harness import client_fixture as client_fixture
 from tests.gateway_harness import gateway_fixture as gateway_fixture
 from tests.postgres_control import data_directory, pg_ctl
-
-
-async def listener_pids(pool: Pool, application_name: str) -> list[int]:
-    async with pool.connection() as conn:
-        cursor = await conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND query ILIKE 'LISTEN%%'",
-            (application_name,),
-        )
-        return [row["pid"] for row in await cursor.fetchall()]
 
 
 async def test_a_killed_listen_connection_costs_latency_not_text(

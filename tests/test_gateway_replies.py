@@ -18,6 +18,7 @@ from tests.gateway_harness import (
     http_client,
     joined,
     last_id,
+    listener_pids,
     metric,
     read_all,
     reply_text,
@@ -167,17 +168,6 @@ async def test_a_reply_started_on_one_gateway_resumes_on_another(
     assert rest[-1].json()["message"]["status"] == "complete"
 
 
-async def listen_connections(pool: Pool, application_name: str) -> int:
-    async with pool.connection() as conn:
-        cursor = await conn.execute(
-            "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = %s AND query ILIKE 'LISTEN%%'",
-            (application_name,),
-        )
-        row = await cursor.fetchone()
-    assert row is not None
-    return int(row["n"])
-
-
 async def test_many_open_streams_share_one_listen_connection(
     gateway: RunningGateway, client: httpx2.AsyncClient, pool: Pool
 ) -> None:
@@ -206,7 +196,7 @@ async def test_many_open_streams_share_one_listen_connection(
             for _ in range(streams):
                 group.create_task(follow(many))
             await subscribed.wait()
-            assert await listen_connections(pool, listener) == 1
+            assert len(await listener_pids(pool, listener)) == 1
             assert await metric(client, "gateway_listener_subscriptions") == streams
             assert await metric(client, 'gateway_open_streams{route="follow"}') == streams
     assert texts == [reply_text(message)] * streams
