@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from genservice.envparse import ConfigError, env_addr, env_float, env_int, env_optional, env_str
+from genservice.envparse import ConfigError, env_addr, env_database_url, env_float, env_int, env_optional, env_str
 
 # RFC 7518 §3.2: an HS256 key has at least 256 bits
 MIN_SECRET_BYTES = 32
@@ -20,6 +20,8 @@ class GatewayConfig:
     # None: development mode, every request is the user `dev`
     jwt_secret: str | None = field(default=None, repr=False)
     max_body_bytes: int = 256 * 1024
+    # a longer user message is refused here with 413 (genservice reads the same variable)
+    max_content_chars: int = 32_000
     # an idle stream gets a `: ping` comment this often
     ping_seconds: float = 15.0
     # on a first SIGTERM/SIGINT open streams get this long to end by themselves, then they are ended cleanly
@@ -53,9 +55,10 @@ class GatewayConfig:
         config = cls(
             addr=env_addr(env, "GATEWAY_ADDR", cls.addr),
             genservice_target=env_str(env, "GENSERVICE_TARGET", cls.genservice_target),
-            database_url=env_optional(env, "DATABASE_URL"),
+            database_url=env_database_url(env),
             jwt_secret=env_optional(env, "GATEWAY_JWT_SECRET"),
             max_body_bytes=env_int(env, "MAX_BODY_BYTES", cls.max_body_bytes),
+            max_content_chars=env_int(env, "MAX_CONTENT_CHARS", cls.max_content_chars),
             ping_seconds=env_float(env, "PING_SECONDS", cls.ping_seconds, minimum=0.01),
             shutdown_grace_seconds=env_float(env, "SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds),
             genservice_timeout_seconds=env_float(
@@ -65,8 +68,6 @@ class GatewayConfig:
             pool_size=env_int(env, "GATEWAY_POOL_SIZE", cls.pool_size),
             name=env_str(env, "GATEWAY_NAME", cls.name),
         )
-        if config.database_url is not None and not config.database_url.startswith(("postgresql://", "postgres://")):
-            raise ConfigError("DATABASE_URL must start with postgresql://")
         if len(config.name) > 40 or not config.name.isprintable():
             raise ConfigError(f"GATEWAY_NAME must be at most 40 printable characters, got {config.name!r}")
         return config

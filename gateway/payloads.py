@@ -56,6 +56,10 @@ def too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
 
 
+def content_too_large(chars: int, limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"content is {chars} characters; the limit is {limit}")
+
+
 def is_json_media_type(content_type: str | None) -> bool:
     if content_type is None:
         return False

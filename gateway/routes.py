@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway import views
-from gateway.payloads import ReplyRequest, parse_page_size, read_json, resume_offset
+from gateway.payloads import ReplyRequest, content_too_large, parse_page_size, read_json, resume_offset
 from gateway.relay import EventStreamResponse, first_event
 from gateway.resources import Resources
 from genservice import store
@@ -37,6 +37,8 @@ async def post_reply(request: Request) -> Response:
     res = resources(request)
     user_id = res.auth.user_id(request)
     reply = ReplyRequest.from_json(await read_json(request, res.config.max_body_bytes))
+    if len(reply.content) > res.config.max_content_chars:
+        raise content_too_large(len(reply.content), res.config.max_content_chars)
     events = res.upstream.stream_reply(
         pb.StreamReplyRequest(
             user_id=user_id,

@@ -41,6 +41,7 @@ environment:
   DATABASE_URL                 Postgres (unset: the embedded Postgres in .data/)
   GATEWAY_JWT_SECRET           HS256 secret; unset: development mode, one user `dev`
   MAX_BODY_BYTES               largest request body (262144)
+  MAX_CONTENT_CHARS            longest user message; a longer one is 413 (32000)
   PING_SECONDS                 `: ping` comment interval on idle streams (15)
   SHUTDOWN_GRACE_SECONDS       time open streams get to end on shutdown (10)
   GENSERVICE_TIMEOUT_SECONDS   deadline of a call to genservice and of a stream's first event (10)

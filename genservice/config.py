@@ -5,10 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
-
-from genservice.envparse import ConfigError, env_addr, env_float, env_int, env_optional, env_str
+from genservice.envparse import ConfigError, env_addr, env_database_url, env_float, env_int, env_optional, env_str
 
 DEMO_LLM_DEFAULT_ADDR = "127.0.0.1:8181"
 
@@ -43,7 +40,7 @@ class GenServiceConfig:
             raise ConfigError(f"OPENAI_BASE_URL must be an http(s) URL, got {base_url!r}")
         config = cls(
             addr=env_addr(env, "GENSERVICE_ADDR", cls.addr),
-            database_url=env_optional(env, "DATABASE_URL"),
+            database_url=env_database_url(env),
             openai_base_url=base_url,
             openai_api_key=env_optional(env, "OPENAI_API_KEY"),
             openai_model=env_str(env, "OPENAI_MODEL", cls.openai_model),
@@ -56,10 +53,4 @@ class GenServiceConfig:
             max_reply_chars=env_int(env, "MAX_REPLY_CHARS", cls.max_reply_chars),
             max_content_chars=env_int(env, "MAX_CONTENT_CHARS", cls.max_content_chars),
         )
-        if config.database_url is not None:
-            try:
-                conninfo_to_dict(config.database_url)
-            except psycopg.ProgrammingError:
-                # the message could hold the password: say only what is wrong
-                raise ConfigError("DATABASE_URL is not a valid postgresql:// URL or connection string") from None
         return config

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 
 class ConfigError(ValueError):
     """A setting has a value the program cannot use."""
@@ -49,3 +52,15 @@ def env_addr(env: Mapping[str, str], name: str, default: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{name} must be host:port, got {value!r}")
     return value
+
+
+def env_database_url(env: Mapping[str, str]) -> str | None:
+    """DATABASE_URL: a postgresql:// URL or a libpq connection string; None when unset."""
+    url = env_optional(env, "DATABASE_URL")
+    if url is not None:
+        try:
+            conninfo_to_dict(url)
+        except psycopg.ProgrammingError:
+            # the parser's message could hold the password: say only what is wrong
+            raise ConfigError("DATABASE_URL is not a valid postgresql:// URL or connection string") from None
+    return url

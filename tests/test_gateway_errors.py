@@ -82,6 +82,10 @@ async def test_an_oversized_body_is_413_whether_or_not_it_declares_its_length(
     # no Content-Length: chunked, cut off once past the limit
     assert_error(await client.post("/v1/replies", content=chunks(), headers=json_type()), 413, "payload_too_large")
 
+    # a body within bounds whose message is longer than a user message may be
+    too_long = "é" * (gateway.config.max_content_chars + 1)
+    assert_error(await client.post("/v1/replies", json={"content": too_long}), 413, "payload_too_large")
+
 
 async def test_ids_and_offsets(client: httpx2.AsyncClient) -> None:
     unknown = str(uuid.uuid4())
