@@ -21,6 +21,7 @@ from genservice.database import Pool
 from genservice.hub import ListenerHub, Subscription
 from genservice.model import ModelFailure, stream_reply
 from genservice.store import Ending, MessageRecord, StartedReply, Usage
+from genservice.textcut import first_unstorable
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,10 @@ class Generations:
                     if len(text) > room:
                         self._accept(generation, text[:room])
                         return Ending("error", f"the reply passed the limit of {limit} characters", "length")
+                    bad = first_unstorable(text)
+                    if bad is not None:
+                        self._accept(generation, text[:bad])
+                        return Ending("error", f"the model sent a character that cannot be stored ({text[bad]!r})")
                     self._accept(generation, text)
                 finish_reason = piece.finish_reason or finish_reason
                 usage = piece.usage or usage

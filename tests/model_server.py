@@ -12,6 +12,7 @@ The last user message may hold one directive in double brackets, e.g. `hi [[len=
     stall_after=N   after N code points pause for `stall` seconds
     stall=S         length of that pause (default 0)
     finish=REASON   finish_reason of the last chunk (default stop)
+    nul_at=N        the character at N is a NUL, which Postgres text cannot hold
 
 The reply text is `expected_reply(content)`: it depends only on the message, so tests can check saved text exactly.
 A bad directive is answered with HTTP 400 (openai raises BadRequestError).
@@ -58,6 +59,7 @@ class Directive:
     stall_after: int | None = None
     stall: float = 0.0
     finish: str = "stop"
+    nul_at: int | None = None
 
 
 def _count(value: str) -> int:
@@ -101,6 +103,7 @@ def parse_directive(content: str) -> Directive:
         "stall_after": ("stall_after", _count),
         "stall": ("stall", _seconds),
         "finish": ("finish", str),
+        "nul_at": ("nul_at", _count),
     }
     values: dict[str, Any] = {"text": match.group(1).strip()}
     for item in match.group(1).split():
@@ -121,14 +124,17 @@ def parse_directive(content: str) -> Directive:
 def expected_reply(content: str) -> str:
     """The exact text the server streams for a last user message `content`."""
     rng = random.Random(hashlib.sha256(content.encode("utf-8", "surrogatepass")).digest())
-    length = parse_directive(content).length
+    directive = parse_directive(content)
     parts: list[str] = []
     size = 0
-    while size < length:
+    while size < directive.length:
         word = rng.choice(_VOCABULARY) + ("\n" if rng.random() < 0.08 else " ")
         parts.append(word)
         size += len(word)
-    return "".join(parts)[:length]
+    text = "".join(parts)[: directive.length]
+    if directive.nul_at is not None and directive.nul_at < len(text):
+        text = text[: directive.nul_at] + "\x00" + text[directive.nul_at + 1 :]
+    return text
 
 
 class ModelServer:

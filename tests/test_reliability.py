@@ -146,6 +146,7 @@ async def strict_stub(genservice_config, model_server: ModelServer):
         ("[[status=429]]", pb.MESSAGE_STATUS_ERROR, 0, "429"),
         ("[[len=900 stall_after=400 stall=3]]", pb.MESSAGE_STATUS_ERROR, 400, "stalled"),
         ("[[len=3000]]", pb.MESSAGE_STATUS_ERROR, 1000, "limit"),
+        ("[[len=600 nul_at=333]]", pb.MESSAGE_STATUS_ERROR, 333, "cannot be stored"),
     ],
 )
 async def test_a_misbehaving_model_ends_in_a_clear_status_with_every_character_kept(
