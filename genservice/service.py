@@ -31,21 +31,21 @@ CANCEL_WAIT_SECONDS = 3.0
 
 
 def _service_error(exc: Exception) -> ServiceError:
-    """psycopg and our own errors as the canonical code and message a caller sees."""
+    """Any failure as the canonical code and message a caller sees; no traceback ever reaches one."""
     if isinstance(exc, ServiceError):
         return exc
     if isinstance(exc, psycopg.errors.UniqueViolation):
         return FailedPrecondition("a reply is already streaming in this conversation")
-    return Unavailable("the database is unavailable; try again shortly")
-
-
-HANDLED = (ServiceError, psycopg.errors.UniqueViolation, *DATABASE_ERRORS)
+    if isinstance(exc, DATABASE_ERRORS):
+        return Unavailable("the database is unavailable; try again shortly")
+    log.error("unexpected error in an RPC", exc_info=exc)
+    return ServiceError("internal error")
 
 
 async def _unary(context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[T]) -> T:
     try:
         return await work
-    except HANDLED as exc:
+    except Exception as exc:
         error = _service_error(exc)
         await context.abort(error.code, str(error))
         raise AssertionError("abort raises") from None
@@ -57,7 +57,7 @@ async def _streaming(
     try:
         async for event in events:
             yield event
-    except HANDLED as exc:
+    except Exception as exc:
         error = _service_error(exc)
         await context.abort(error.code, str(error))
 
