@@ -47,8 +47,7 @@ class _Subscriber:
 
 
 class Generation:
-    def __init__(self, user_id: str, reply: StartedReply) -> None:
-        self.user_id = user_id
+    def __init__(self, reply: StartedReply) -> None:
         self.message_id = reply.assistant.id
         self.conversation_id = reply.conversation_id
         self.model = reply.assistant.model
@@ -156,8 +155,8 @@ class Generations:
     def __len__(self) -> int:
         return len(self._running)
 
-    def launch(self, user_id: str, reply: StartedReply) -> Generation:
-        generation = Generation(user_id, reply)
+    def launch(self, reply: StartedReply) -> Generation:
+        generation = Generation(reply)
         self._running[generation.message_id] = generation
         self.batcher.track(generation.message_id)
         generation.task = asyncio.create_task(self._run(generation), name=f"generation-{generation.message_id}")
@@ -238,10 +237,10 @@ class Generations:
             notices = await subscription.wait()
             if notices is None:
                 with contextlib.suppress(*DATABASE_ERRORS):
-                    record = await store.get_message(self._pool, generation.user_id, generation.message_id)
-                    if record.terminal:
+                    ended, stop_requested = await store.stop_state(self._pool, generation.message_id)
+                    if ended:
                         return LEASE_LOST
-                    if await store.cancel_requested(self._pool, generation.message_id):
+                    if stop_requested:
                         return CANCELLED
                 continue
             if any(n.terminal for n in notices):

@@ -111,7 +111,7 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
             raise Unavailable("the service is shutting down; retry on another replica")
         reply = await self._start(user_id, conversation_id, content, model, request_id, request.interrupt)
         if reply.created:
-            self._generations.launch(user_id, reply)
+            self._generations.launch(reply)
         yield pb.ReplyEvent(
             started=pb.ReplyStarted(message_id=reply.assistant.id, conversation_id=reply.conversation_id)
         )

@@ -425,11 +425,14 @@ async def request_cancel(pool: Pool, user_id: str, message_id: str) -> MessageRe
     return record
 
 
-async def cancel_requested(pool: Pool, message_id: str) -> bool:
+async def stop_state(pool: Pool, message_id: str) -> tuple[bool, bool]:
+    """(ended, stop requested) for a running generation's message: what its owner must know after a resync."""
     async with pool.connection() as conn:
-        cursor = await conn.execute("SELECT cancel_requested FROM messages WHERE id = %s", (message_id,))
+        cursor = await conn.execute("SELECT status, cancel_requested FROM messages WHERE id = %s", (message_id,))
         row = await cursor.fetchone()
-    return row is None or bool(row["cancel_requested"])
+    if row is None:
+        return True, False
+    return row["status"] != "streaming", bool(row["cancel_requested"])
 
 
 async def ping(pool: Pool) -> None:
