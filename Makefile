@@ -40,8 +40,9 @@ lint: $(STAMP) ## ruff and mypy --strict
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy genservice gateway tests
 
-bench: $(STAMP) ## save-path benchmark: WAL written and notifying commits, ratios against a baseline
+bench: $(STAMP) ## benchmarks: save path (WAL, notifying commits) and gateway memory with stalled clients, as ratios
 	$(BIN)/python -m tests.bench_saves
+	$(BIN)/python -m tests.bench_gateway
 
 clean: ## remove the virtual env and the embedded database
 	rm -rf $(VENV) .data

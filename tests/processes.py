@@ -1,4 +1,4 @@
-"""Real processes for the tests: genservice (and gateway) started as their console scripts would be."""
+"""Real processes for the tests: genservice and gateway started as their console scripts would be."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
+import httpx2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
@@ -65,4 +67,32 @@ async def genservice_process(env: Mapping[str, str]) -> AsyncIterator[Process]:
     finally:
         if popen.poll() is None:
             popen.send_signal(signal.SIGKILL)
+        popen.wait(10)
+
+
+@asynccontextmanager
+async def gateway_process(env: dict[str, str], log: Path) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
+    """`python -m gateway.server` on a free port, answering /healthz; killed if still alive at the end."""
+    addr = f"127.0.0.1:{free_port()}"
+    with log.open("wb") as output:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "gateway.server"],
+            env={**os.environ, **env, "GATEWAY_ADDR": addr},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        async with asyncio.timeout(30), httpx2.AsyncClient(timeout=5, trust_env=False) as probe:
+            while True:
+                assert popen.poll() is None, log.read_text()
+                try:
+                    if (await probe.get(f"http://{addr}/healthz")).status_code == 200:
+                        break
+                except httpx2.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+        yield popen, f"http://{addr}"
+    finally:
+        if popen.poll() is None:
+            popen.kill()
         popen.wait(10)

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import httpx2
@@ -18,7 +15,6 @@ from tests.gateway_harness import (
     CLIENT_TIMEOUT,
     SLOW,
     Event,
-    closed_port,
     content,
     gateway_config,
     http_client,
@@ -30,6 +26,7 @@ from tests.gateway_harness import (
 )
 from tests.gateway_harness import client_fixture as client_fixture
 from tests.gateway_harness import gateway_fixture as gateway_fixture
+from tests.processes import gateway_process
 
 
 async def open_reply(client: httpx2.AsyncClient, message: str) -> tuple[httpx2.Response, AsyncGenerator[Event, None]]:
@@ -68,34 +65,6 @@ async def test_shutdown_lets_streams_run_for_the_grace_then_ends_them_cleanly(
         ) as resumed:
             rest = await read_all(resumed)
     assert joined(received, start=0) + joined(rest, start=cut) == reply_text(message)
-
-
-@asynccontextmanager
-async def gateway_process(env: dict[str, str], log: Path) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
-    """`python -m gateway.server` on a free port, answering /healthz; killed if still alive at the end."""
-    addr = f"127.0.0.1:{closed_port()}"
-    with log.open("wb") as output:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "gateway.server"],
-            env={**os.environ, **env, "GATEWAY_ADDR": addr},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        async with asyncio.timeout(30), httpx2.AsyncClient(timeout=CLIENT_TIMEOUT, trust_env=False) as probe:
-            while True:
-                assert popen.poll() is None, log.read_text()
-                try:
-                    if (await probe.get(f"http://{addr}/healthz")).status_code == 200:
-                        break
-                except httpx2.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-        yield popen, f"http://{addr}"
-    finally:
-        if popen.poll() is None:
-            popen.kill()
-        popen.wait(10)
 
 
 async def exit_code(popen: subprocess.Popen[bytes], seconds: float) -> int:
