@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## make the virtual env in .venv with every dependency
 
 run: $(STAMP) ## start Postgres, demo-llm (unless OPENAI_BASE_URL is set), genservice and gateway; Ctrl-C stops all
-	$(BIN)/python -m genservice.stack
+	$(BIN)/python -m genservice.supervisor
 
 test: $(STAMP) proto-check ## run every test (the browser test installs Debian's chromium where it can)
-	$(BIN)/python -m tests.browser_setup
+	$(BIN)/python -m tests.support.browser
 	$(BIN)/pytest
 
 proto: $(STAMP) ## regenerate the gRPC stubs (and typed .pyi) from proto/
@@ -41,8 +41,8 @@ lint: $(STAMP) ## ruff and mypy --strict
 	$(BIN)/mypy genservice gateway tests
 
 bench: $(STAMP) ## benchmarks: save path (WAL, notifying commits) and gateway memory with stalled clients, as ratios
-	$(BIN)/python -m tests.bench_saves
-	$(BIN)/python -m tests.bench_gateway
+	$(BIN)/python -m bench.saves
+	$(BIN)/python -m bench.gateway_memory
 
 clean: ## remove the virtual env and the embedded database
 	rm -rf $(VENV) .data

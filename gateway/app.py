@@ -23,7 +23,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.relay import Relay
 from gateway.resources import open_resources
 from gateway.routes import routes
-from genservice.errors import ServiceError
+from genservice.replies.errors import ServiceError
 
 log = logging.getLogger(__name__)
 

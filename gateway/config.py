@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from genservice.envparse import ConfigError, env_addr, env_database_url, env_float, env_int, env_optional, env_str
+from genservice.replies.settings import (
+    ConfigError,
+    env_addr,
+    env_database_url,
+    env_float,
+    env_int,
+    env_optional,
+    env_str,
+)
 
 # RFC 7518 §3.2: an HS256 key has at least 256 bits
 MIN_SECRET_BYTES = 32
@@ -16,7 +24,7 @@ class GatewayConfig:
     addr: str = "127.0.0.1:8080"
     genservice_target: str = "127.0.0.1:50051"
     # None: the embedded Postgres in .data/
-    database_url: str | None = None
+    database_url: str | None = field(default=None, repr=False)
     # None: development mode, every request is the user `dev`
     jwt_secret: str | None = field(default=None, repr=False)
     max_body_bytes: int = 256 * 1024

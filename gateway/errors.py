@@ -12,7 +12,7 @@ import grpc
 import psycopg
 from starlette.responses import JSONResponse
 
-from genservice.errors import ServiceError
+from genservice.replies.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +69,19 @@ def unavailable(what: str) -> ApiError:
 
 
 def from_rpc_error(err: grpc.aio.AioRpcError) -> ApiError:
-    code = err.code()
+    return from_status(err.code(), err.details() or "")
+
+
+def from_status(code: grpc.StatusCode, details: str) -> ApiError:
+    """A gRPC status as a client sees it: the table's HTTP status, and no internal detail on a 5xx."""
     status = RPC_STATUS.get(code, 500)
     name = code.name.lower() if isinstance(code, grpc.StatusCode) else "internal"
     if status >= 500:
-        log.warning("genservice answered %s: %s", name, err.details())
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        log.warning("genservice answered %s: %s", name, details)
+        if status == 503:
             return unavailable("genservice")
         return ApiError(500, "internal", GENERIC_MESSAGES[500])
-    return ApiError(status, name, err.details() or name)
+    return ApiError(status, name, details or name)
 
 
 def from_exception(exc: BaseException) -> ApiError:
@@ -87,11 +91,7 @@ def from_exception(exc: BaseException) -> ApiError:
     if isinstance(exc, grpc.aio.AioRpcError):
         return from_rpc_error(exc)
     if isinstance(exc, ServiceError):
-        name = exc.code.name.lower() if isinstance(exc.code, grpc.StatusCode) else "internal"
-        if exc.http_status >= 500:
-            log.warning("service error %s: %s", name, exc)
-            return ApiError(exc.http_status, name, GENERIC_MESSAGES.get(exc.http_status, GENERIC_MESSAGES[500]))
-        return ApiError(exc.http_status, name, str(exc))
+        return from_status(exc.code, str(exc))
     if isinstance(exc, psycopg.OperationalError):
         log.warning("Postgres is unavailable: %s: %s", type(exc).__name__, exc)
         return unavailable("the database")

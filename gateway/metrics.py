@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
-from genservice.hub import ListenerHub
+from genservice.replies.listener import ListenerHub
 
 
 class GatewayMetrics:

@@ -16,8 +16,8 @@ from gateway.config import MIN_SECRET_BYTES, GatewayConfig
 from gateway.metrics import GatewayMetrics, HubCollector
 from gateway.relay import Relay
 from gateway.upstream import Upstream, open_channel
-from genservice.database import Pool, open_pool, postgres_url
-from genservice.hub import ListenerHub
+from genservice.replies.database import Pool, open_pool, postgres_url
+from genservice.replies.listener import ListenerHub
 
 log = logging.getLogger(__name__)
 

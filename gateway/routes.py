@@ -22,8 +22,8 @@ from gateway import views
 from gateway.payloads import ReplyRequest, content_too_large, parse_page_size, read_json, resume_offset
 from gateway.relay import EventStreamResponse, first_event
 from gateway.resources import Resources
-from genservice import store
-from genservice.follow import follow_message
+from genservice.replies import queries
+from genservice.replies.follow import follow_message
 from genservice.v1 import genservice_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ async def healthz(request: Request) -> Response:
 async def _postgres_answers(res: Resources, timeout: float) -> bool:
     try:
         async with asyncio.timeout(timeout):
-            await store.ping(res.pool)
+            await queries.ping(res.pool)
     except (TimeoutError, psycopg.Error) as exc:
         log.warning("Postgres health check failed: %s", type(exc).__name__)
         return False

@@ -23,7 +23,7 @@ import uvicorn
 
 from gateway.app import Gateway, create_gateway
 from gateway.config import GatewayConfig
-from genservice.envparse import ConfigError
+from genservice.replies.settings import ConfigError
 
 log = logging.getLogger(__name__)
 

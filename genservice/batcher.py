@@ -14,23 +14,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import psycopg
-import psycopg_pool
-
-from genservice import store
-from genservice.database import Pool
-from genservice.store import SavePiece
+from genservice.replies.backoff import Backoff
+from genservice.replies.database import DATABASE_ERRORS, Pool
 from genservice.textcut import cut_pieces
+from genservice.writes import SavePiece, save_pieces
 
 log = logging.getLogger(__name__)
-
-RETRY_FIRST = 0.1
-RETRY_MAX = 2.0
-DATABASE_ERRORS = (psycopg.OperationalError, psycopg_pool.PoolTimeout)
 
 
 @dataclass
 class _Pending:
+    # called once when another process ended the message: its generation stops writing
+    on_lease_lost: Callable[[], None]
     # offset of the first character not yet cut into a piece
     cut_end: int
     unsent: list[str] = field(default_factory=list)
@@ -49,21 +44,18 @@ class SaveBatcher:
         save_every_chars: int,
         max_delay: float,
         lease_seconds: float,
-        on_lease_lost: Callable[[str], None],
     ) -> None:
         self._pool = pool
         self._owner = owner
         self._save_every = save_every_chars
         self._max_delay = max_delay
         self._lease_seconds = lease_seconds
-        self._on_lease_lost = on_lease_lost
         self._pending: dict[str, _Pending] = {}
         self._wake = asyncio.Event()
         self.commits = 0
-        self.healthy = True
 
-    def track(self, message_id: str) -> None:
-        self._pending[message_id] = _Pending(cut_end=0)
+    def track(self, message_id: str, on_lease_lost: Callable[[], None]) -> None:
+        self._pending[message_id] = _Pending(on_lease_lost, cut_end=0)
 
     def forget(self, message_id: str) -> None:
         """The generation ended: its end writes the whole text, pending saves are moot."""
@@ -79,7 +71,7 @@ class SaveBatcher:
             self._wake.set()
 
     async def run(self) -> None:
-        retry = RETRY_FIRST
+        backoff = Backoff()
         while True:
             try:
                 async with asyncio.timeout(self._max_delay):
@@ -90,13 +82,11 @@ class SaveBatcher:
             try:
                 await self.flush()
             except DATABASE_ERRORS as exc:
-                self.healthy = False
-                log.warning("saving failed (%s); retrying in %.1fs", type(exc).__name__, retry)
-                await asyncio.sleep(retry)
-                retry = min(retry * 2, RETRY_MAX)
+                delay = backoff.next_delay()
+                log.warning("saving failed (%s); retrying in %.1fs", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
             else:
-                self.healthy = True
-                retry = RETRY_FIRST
+                backoff.reset()
 
     async def flush(self) -> None:
         now = time.monotonic()
@@ -115,7 +105,7 @@ class SaveBatcher:
                 renew.append(message_id)
         if not renew:
             return
-        held = await store.save_pieces(self._pool, self._owner, self._lease_seconds, pieces, renew)
+        held = await save_pieces(self._pool, self._owner, self._lease_seconds, pieces, renew)
         self.commits += 1
         for message_id in renew:
             saved = self._pending.get(message_id)
@@ -127,4 +117,4 @@ class SaveBatcher:
             else:
                 del self._pending[message_id]
                 log.warning("message %s: lease lost, this process stops writing to it", message_id)
-                self._on_lease_lost(message_id)
+                saved.on_lease_lost()

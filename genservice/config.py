@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from genservice.envparse import ConfigError, env_addr, env_database_url, env_float, env_int, env_optional, env_str
+from genservice.replies.settings import (
+    ConfigError,
+    env_addr,
+    env_database_url,
+    env_float,
+    env_int,
+    env_optional,
+    env_str,
+)
 
 DEMO_LLM_DEFAULT_ADDR = "127.0.0.1:8181"
 
@@ -14,9 +22,9 @@ DEMO_LLM_DEFAULT_ADDR = "127.0.0.1:8181"
 class GenServiceConfig:
     addr: str = "127.0.0.1:50051"
     # None: the embedded Postgres in .data/
-    database_url: str | None = None
+    database_url: str | None = field(default=None, repr=False)
     openai_base_url: str = f"http://{DEMO_LLM_DEFAULT_ADDR}/v1"
-    openai_api_key: str | None = None
+    openai_api_key: str | None = field(default=None, repr=False)
     openai_model: str = "demo"
     save_every_chars: int = 200
     # a save waits at most this long for more text (slow models)
@@ -25,7 +33,7 @@ class GenServiceConfig:
     shutdown_grace_seconds: float = 10.0
     model_idle_timeout: float = 60.0
     model_max_retries: int = 2
-    max_reply_chars: int = 200_000
+    max_reply_chars: int = 2_000_000
     max_content_chars: int = 32_000
 
     @property

@@ -10,7 +10,7 @@ import httpx2
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
-from genservice.store import Usage
+from genservice.replies.records import Role, Usage
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,11 @@ def _short(text: str, limit: int = 200) -> str:
 
 
 async def stream_reply(
-    client: openai.AsyncOpenAI, model: str, history: Sequence[tuple[str, str]], idle_timeout: float
+    client: openai.AsyncOpenAI, model: str, history: Sequence[tuple[Role, str]], idle_timeout: float
 ) -> AsyncIterator[ModelPiece]:
     """The model's reply, piece by piece. Raises ModelFailure; a silence longer than idle_timeout fails."""
     messages: list[ChatCompletionMessageParam] = [
-        {"role": "user", "content": content} if role == "user" else {"role": "assistant", "content": content}
+        {"role": "user", "content": content} if role is Role.USER else {"role": "assistant", "content": content}
         for role, content in history
     ]
     try:

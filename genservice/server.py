@@ -18,13 +18,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from genservice.batcher import SaveBatcher
 from genservice.config import GenServiceConfig
-from genservice.database import open_pool, postgres_url
-from genservice.envparse import ConfigError
-from genservice.generation import Generations
-from genservice.hub import ListenerHub
-from genservice.migrations import migrate
+from genservice.generations import Generations
 from genservice.model import make_client
+from genservice.replies.background import background
+from genservice.replies.database import open_pool, postgres_url
+from genservice.replies.listener import ListenerHub
+from genservice.replies.migrations import migrate
+from genservice.replies.settings import ConfigError
 from genservice.service import GenerationService
 from genservice.sweeper import sweep_forever
 from genservice.v1 import genservice_pb2 as pb
@@ -46,7 +48,7 @@ ENVIRONMENT_HELP = """environment:
   SHUTDOWN_GRACE_SECONDS       time running replies get to finish on SIGTERM (10)
   MODEL_IDLE_TIMEOUT_SECONDS   longest silence from the model (60)
   MODEL_MAX_RETRIES            retries before the first token (2)
-  MAX_REPLY_CHARS              longest reply kept (200000)
+  MAX_REPLY_CHARS              longest reply kept (2000000)
   MAX_CONTENT_CHARS            longest user message accepted (32000)
 
 The first SIGTERM/SIGINT drains (NOT_SERVING, new replies refused, running ones finish or end ERROR);
@@ -56,7 +58,6 @@ a second exits at once."""
 @dataclass(frozen=True)
 class RunningService:
     target: str
-    generations: Generations
 
 
 @contextlib.asynccontextmanager
@@ -72,14 +73,18 @@ async def running_service(config: GenServiceConfig) -> AsyncIterator[RunningServ
                 config.openai_base_url, config.openai_api_key, config.model_max_retries, config.model_idle_timeout
             )
             stack.push_async_callback(client.close)
-            generations = Generations(config, pool, hub, client, owner)
-            background = [
-                asyncio.create_task(generations.batcher.run(), name="save-batcher"),
-                asyncio.create_task(
-                    sweep_forever(pool, owner, config.sweep_interval, config.lease_seconds), name="sweeper"
-                ),
-            ]
-            stack.push_async_callback(_cancel_all, background)
+            batcher = SaveBatcher(
+                pool,
+                owner,
+                save_every_chars=config.save_every_chars,
+                max_delay=config.save_max_delay,
+                lease_seconds=config.lease_seconds,
+            )
+            await stack.enter_async_context(background("save-batcher", batcher.run))
+            await stack.enter_async_context(
+                background("sweeper", lambda: sweep_forever(pool, owner, config.sweep_interval, config.lease_seconds))
+            )
+            generations = Generations(config, pool, hub, client, batcher, owner)
 
             server = grpc.aio.server()
             pb_grpc.add_GenerationServiceServicer_to_server(GenerationService(config, pool, hub, generations), server)
@@ -93,18 +98,12 @@ async def running_service(config: GenServiceConfig) -> AsyncIterator[RunningServ
             host = config.addr.rpartition(":")[0]
             log.info("genservice serving on %s:%d (owner %s)", host, port, owner)
             try:
-                yield RunningService(f"{host}:{port}", generations)
+                yield RunningService(f"{host}:{port}")
             finally:
                 log.info("shutting down: NOT_SERVING, refusing new replies, draining generations")
                 await health_servicer.enter_graceful_shutdown()
                 await generations.drain(config.shutdown_grace_seconds)
                 await server.stop(RPC_GRACE_SECONDS)
-
-
-async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def serve(config: GenServiceConfig) -> None:

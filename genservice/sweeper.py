@@ -6,9 +6,9 @@ import asyncio
 import logging
 import time
 
-from genservice import store
-from genservice.batcher import DATABASE_ERRORS
-from genservice.database import Pool
+from genservice.replies import queries
+from genservice.replies.database import DATABASE_ERRORS, Pool
+from genservice.writes import end_expired
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +26,12 @@ async def sweep_forever(pool: Pool, owner: str, interval: float, lease_seconds: 
         await asyncio.sleep(interval)
         if time.monotonic() - reachable_since < lease_seconds:
             try:
-                await store.ping(pool)
+                await queries.ping(pool)
             except DATABASE_ERRORS:
                 reachable_since = time.monotonic()
             continue
         try:
-            ended = await store.end_from_saves(pool, "error", INTERRUPTED, sweeper=owner)
+            ended = await end_expired(pool, owner, INTERRUPTED)
         except DATABASE_ERRORS as exc:
             log.warning("sweep failed (%s); next try in %.1fs", type(exc).__name__, interval)
             reachable_since = time.monotonic()

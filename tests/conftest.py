@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
-import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from genservice.config import GenServiceConfig
-from genservice.database import Pool, open_pool, postgres_url
-from genservice.migrations import migrate
+from genservice.replies.database import Pool, open_pool, postgres_url
+from genservice.replies.migrations import migrate
 from genservice.server import running_service
 from genservice.v1 import genservice_pb2_grpc as pb_grpc
-from tests.model_server import ModelServer
-from tests.postgres_control import pg_ctl
+from tests.support.model_server import ModelServer
+from tests.support.postgres_control import pg_ctl
 
 
 @pytest.fixture(scope="session")
@@ -70,18 +65,3 @@ async def genservice_target(genservice_config: GenServiceConfig) -> AsyncIterato
 async def stub(genservice_target: str) -> AsyncIterator[pb_grpc.GenerationServiceStub]:
     async with grpc.aio.insecure_channel(genservice_target) as channel:
         yield pb_grpc.GenerationServiceStub(channel)
-
-
-def with_config(config: GenServiceConfig, **changes: object) -> GenServiceConfig:
-    return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def fresh_database(database_url: str) -> AsyncIterator[str]:
-    """A database of this test's own, for tests that break things on purpose."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
-        await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield make_conninfo(database_url, dbname=name)
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
-        await admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -1,0 +1,3 @@
+from genservice.demo_llm.app import main
+
+main()

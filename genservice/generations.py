@@ -1,0 +1,182 @@
+"""Every generation this process runs: launching each as a task of the service's, and writing its end.
+
+Only a stop request, a failure, the end of the model's stream, a lost lease or the service's
+shutdown end a generation; a caller that goes away only stops listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import openai
+
+from genservice.batcher import SaveBatcher
+from genservice.config import GenServiceConfig
+from genservice.generation import Generation, StopReason
+from genservice.model import ModelFailure, stream_reply
+from genservice.replies import queries
+from genservice.replies.backoff import Backoff
+from genservice.replies.database import DATABASE_ERRORS, Pool
+from genservice.replies.listener import ListenerHub, Subscription
+from genservice.replies.records import Status, Usage
+from genservice.textcut import first_unstorable
+from genservice.writes import Ending, StartedReply, finish_reply
+
+log = logging.getLogger(__name__)
+
+STOP_ENDINGS = {
+    StopReason.CANCELLED: Ending(Status.CANCELLED, "", "cancelled"),
+    StopReason.SHUTDOWN: Ending(Status.ERROR, "the service shut down before the reply finished"),
+}
+
+
+class Generations:
+    def __init__(
+        self,
+        config: GenServiceConfig,
+        pool: Pool,
+        hub: ListenerHub,
+        client: openai.AsyncOpenAI,
+        batcher: SaveBatcher,
+        owner: str,
+    ) -> None:
+        self._config = config
+        self._pool = pool
+        self._hub = hub
+        self._client = client
+        self._batcher = batcher
+        self.owner = owner
+        self._running: dict[str, Generation] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.accepting = True
+
+    def get(self, message_id: str) -> Generation | None:
+        return self._running.get(message_id)
+
+    def launch(self, reply: StartedReply) -> Generation:
+        generation = Generation(reply)
+        self._running[generation.message_id] = generation
+        self._batcher.track(generation.message_id, lambda: generation.request_stop(StopReason.LEASE_LOST))
+        task = asyncio.create_task(self._run(generation), name=f"generation-{generation.message_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return generation
+
+    async def _run(self, generation: Generation) -> None:
+        message_id = generation.message_id
+        log.info("message %s: generation started (model %s)", message_id, generation.model)
+        try:
+            async with self._hub.subscribe(message_id) as stop_requests:
+                watcher = asyncio.create_task(self._watch_for_stop(generation, stop_requests))
+                try:
+                    ending = await self._stream_until_stopped(generation)
+                finally:
+                    watcher.cancel()
+            if ending is None:
+                log.warning("message %s: ended elsewhere; nothing more is written", message_id)
+                generation.abandon()
+                return
+            await self._finish(generation, ending)
+        finally:
+            self._batcher.forget(message_id)
+            self._running.pop(message_id, None)
+
+    async def _stream_until_stopped(self, generation: Generation) -> Ending | None:
+        """The model's stream to its end, or until a stop; None when the lease was lost."""
+        streaming = asyncio.create_task(self._stream(generation))
+        stop = asyncio.create_task(generation.stopped())
+        try:
+            await asyncio.wait((streaming, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not streaming.done():
+                streaming.cancel()
+                # the model's response closes in its own finally; wait() does not raise the child's cancellation
+                await asyncio.wait((streaming,))
+        if not streaming.cancelled():
+            return streaming.result()
+        assert generation.stop_reason is not None
+        return STOP_ENDINGS.get(generation.stop_reason)
+
+    async def _stream(self, generation: Generation) -> Ending:
+        limit = self._config.max_reply_chars
+        finish_reason = ""
+        usage: Usage | None = None
+        try:
+            async for piece in stream_reply(
+                self._client, generation.model, generation.history, self._config.model_idle_timeout
+            ):
+                text = piece.text
+                if text:
+                    room = limit - generation.length
+                    if len(text) > room:
+                        self._accept(generation, text[:room])
+                        return Ending(Status.ERROR, f"the reply passed the limit of {limit} characters", "length")
+                    bad = first_unstorable(text)
+                    if bad is not None:
+                        self._accept(generation, text[:bad])
+                        return Ending(Status.ERROR, f"the model sent a character that cannot be stored ({text[bad]!r})")
+                    self._accept(generation, text)
+                finish_reason = piece.finish_reason or finish_reason
+                usage = piece.usage or usage
+        except ModelFailure as failure:
+            log.warning("message %s: model failed: %s", generation.message_id, failure)
+            return Ending(Status.ERROR, str(failure), finish_reason, usage)
+        return Ending(Status.COMPLETE, "", finish_reason or "stop", usage)
+
+    def _accept(self, generation: Generation, text: str) -> None:
+        if text:
+            generation.append(text)
+            self._batcher.add(generation.message_id, text)
+
+    async def _watch_for_stop(self, generation: Generation, subscription: Subscription) -> None:
+        generation.request_stop(await self._stop_request(generation, subscription))
+
+    async def _stop_request(self, generation: Generation, subscription: Subscription) -> StopReason:
+        """A stop request, or the message ended by another process, heard wherever it was made."""
+        while True:
+            notices = await subscription.wait()
+            if notices is None:
+                with contextlib.suppress(*DATABASE_ERRORS):
+                    ended, stop_requested = await queries.stop_state(self._pool, generation.message_id)
+                    if ended:
+                        return StopReason.LEASE_LOST
+                    if stop_requested:
+                        return StopReason.CANCELLED
+                continue
+            if any(n.terminal for n in notices):
+                return StopReason.LEASE_LOST
+            if any(n.cancel_requested for n in notices):
+                return StopReason.CANCELLED
+
+    async def _finish(self, generation: Generation, ending: Ending) -> None:
+        """Write the end, retrying through a database outage; the text is never dropped."""
+        backoff = Backoff()
+        while True:
+            try:
+                record = await finish_reply(self._pool, generation.message_id, self.owner, generation.text, ending)
+                break
+            except DATABASE_ERRORS as exc:
+                log.warning("message %s: saving the end failed (%s); retrying", generation.message_id, exc)
+                await backoff.wait()
+        if record is None:
+            log.warning("message %s: lease lost before the end was saved", generation.message_id)
+            generation.abandon()
+            return
+        log.info("message %s: ended %s, %d characters", generation.message_id, record.status, len(record.content))
+        generation.end(record)
+
+    async def drain(self, grace: float) -> None:
+        """Shutdown: refuse new replies, give running ones `grace` seconds, then end the rest as ERROR."""
+        self.accepting = False
+        tasks = set(self._tasks)
+        if not tasks:
+            return
+        log.info("waiting up to %.1fs for %d running generations", grace, len(tasks))
+        _done, pending = await asyncio.wait(tasks, timeout=grace)
+        for generation in list(self._running.values()):
+            generation.request_stop(StopReason.SHUTDOWN)
+        if pending:
+            await asyncio.wait(pending, timeout=max(grace, 5.0))

@@ -1,0 +1,78 @@
+"""Where Postgres comes from (DATABASE_URL or the embedded server) and the connection pool."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DATA_DIR = Path(".data") / "postgres"
+CONNECT_TIMEOUT_SECONDS = 3
+
+Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
+# what a database that is down or restarting raises; anything else is a bug, not an outage
+DATABASE_ERRORS = (psycopg.OperationalError, psycopg_pool.PoolTimeout)
+
+
+@contextmanager
+def postgres_url(database_url: str | None, data_dir: Path = EMBEDDED_DATA_DIR) -> Iterator[str]:
+    """DATABASE_URL when set; otherwise an embedded Postgres in data_dir, stopped when its last user leaves."""
+    if database_url is not None:
+        yield database_url
+        return
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log.info("DATABASE_URL is unset: using the embedded Postgres in %s", data_dir)
+    # pgserver narrates every step at INFO
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        # pgserver warns at import when XDG_RUNTIME_DIR is unset, and then uses a fine fallback
+        warnings.simplefilter("ignore")
+        from pgserver.postgres_server import get_server
+    server = get_server(data_dir.resolve(), cleanup_mode="stop")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+def connection_kwargs(application_name: str) -> dict[str, Any]:
+    return {
+        "application_name": application_name,
+        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        # a peer that vanished without a word (a partition) is noticed in about 20 s, not hours
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 2,
+    }
+
+
+@asynccontextmanager
+async def open_pool(url: str, application_name: str, max_size: int = 10) -> AsyncIterator[Pool]:
+    pool: Pool = AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        kwargs={**connection_kwargs(application_name), "row_factory": dict_row},
+        connection_class=AsyncConnection[DictRow],
+        timeout=CONNECT_TIMEOUT_SECONDS,
+        # after Postgres restarts every idle connection is dead: check each one before handing it out
+        check=AsyncConnectionPool.check_connection,
+        open=False,
+    )
+    await pool.open(wait=False)
+    try:
+        yield pool
+    finally:
+        await pool.close()

@@ -1,0 +1,52 @@
+"""Following a message from an offset: its saved text, then live text as notifications announce it.
+
+One implementation for WatchReply and the gateway's resumed streams. It subscribes before it
+reads, so nothing said between the read and the subscription is lost; offsets make a repeated
+character impossible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from genservice.replies import convert, queries
+from genservice.replies.database import Pool
+from genservice.replies.errors import InvalidArgument
+from genservice.replies.listener import ListenerHub
+from genservice.replies.notices import text_after
+from genservice.replies.validation import parse_id
+from genservice.v1 import genservice_pb2 as pb
+
+
+async def follow_message(
+    pool: Pool, hub: ListenerHub, user_id: str, message_id: str, offset: int, *, seen_unsaved: bool = False
+) -> AsyncIterator[pb.ReplyEvent]:
+    """`started`, then deltas after `offset`, then `finished`. Bad input raises before `started`.
+
+    seen_unsaved: the caller got live text ahead of the saves, so an offset past the end of an ended
+    message is no mistake (its owner lost the lease before saving it): it gets `finished`, the truth.
+    """
+    message_id = parse_id(message_id, "message_id")
+    if offset < 0:
+        raise InvalidArgument(f"offset must be 0 or more, got {offset}")
+    async with hub.subscribe(message_id) as subscription:
+        read = await queries.read_after(pool, user_id, message_id, offset)
+        final = read.final
+        if final is not None and offset > len(final.content) and not seen_unsaved:
+            raise InvalidArgument(f"offset {offset} is past the end of message {message_id} ({len(final.content)})")
+        yield pb.ReplyEvent(started=pb.ReplyStarted(message_id=read.message_id, conversation_id=read.conversation_id))
+        sent, text = offset, read.text
+        while True:
+            if text:
+                yield pb.ReplyEvent(delta=pb.ReplyDelta(text=text, offset=sent))
+                sent += len(text)
+            if final is not None:
+                yield pb.ReplyEvent(finished=pb.ReplyFinished(message=convert.message_to_pb(final)))
+                return
+            notices = await subscription.wait()
+            live_text = None if notices is None else text_after(notices, sent)
+            if live_text is not None:
+                text = live_text
+            else:
+                read = await queries.read_after(pool, user_id, message_id, sent)
+                text, final = read.text, read.final

@@ -1,0 +1,282 @@
+"""Every write of the product: starting a reply, grouped saves, the end, stops and sweeps, fenced on the lease.
+
+Each write names the lease it holds (`lease_owner` and `status = 'streaming'`): no row updated means
+the message ended elsewhere, and its writer stops.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from psycopg import AsyncConnection, sql
+from psycopg.rows import DictRow
+
+from genservice.replies.database import Pool
+from genservice.replies.errors import FailedPrecondition, conversation_not_found
+from genservice.replies.notices import CHANNEL, Notice
+from genservice.replies.queries import MESSAGE_COLUMNS, SAVED_TEXT, message_of_user
+from genservice.replies.records import MessageRecord, Role, Status, Usage
+
+TITLE_CHARS = 80
+
+
+@dataclass(frozen=True)
+class StartedReply:
+    conversation_id: str
+    assistant: MessageRecord
+    # the conversation so far, oldest first, as (role, content), the new user message last
+    history: list[tuple[Role, str]]
+    # False: the request_id was seen before and this attaches to that reply
+    created: bool
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a generation ends: the terminal status and what the message records about it."""
+
+    status: Status
+    error: str = ""
+    finish_reason: str = ""
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class SavePiece:
+    message_id: str
+    start: int
+    text: str
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.text)
+
+
+class RequestRace(Exception):
+    """Rolls back a start that lost the race for its request key."""
+
+
+async def notify(conn: AsyncConnection[DictRow], notices: Sequence[Notice]) -> None:
+    if notices:
+        await conn.execute(
+            "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload",
+            (CHANNEL, [notice.encode() for notice in notices]),
+        )
+
+
+async def start_reply(
+    pool: Pool,
+    *,
+    user_id: str,
+    conversation_id: str | None,
+    content: str,
+    model: str,
+    request_id: str | None,
+    owner: str,
+    lease_seconds: float,
+) -> StartedReply:
+    """One transaction: the user's message, the assistant message (STREAMING, leased), the request key."""
+    async with pool.connection() as conn, conn.transaction():
+        if request_id is not None:
+            existing = await _reply_for_request(conn, user_id, request_id)
+            if existing is not None:
+                return StartedReply(existing.conversation_id, existing, [], created=False)
+        if conversation_id is None:
+            conversation_id = str(uuid.uuid4())
+            await conn.execute(
+                "INSERT INTO conversations (id, user_id, title) VALUES (%s, %s, %s)",
+                (conversation_id, user_id, _title(content)),
+            )
+        else:
+            cursor = await conn.execute(
+                "SELECT id FROM conversations WHERE id = %s AND user_id = %s FOR UPDATE", (conversation_id, user_id)
+            )
+            if await cursor.fetchone() is None:
+                raise conversation_not_found(conversation_id)
+            cursor = await conn.execute(
+                "SELECT id FROM messages WHERE conversation_id = %s AND status = 'streaming'", (conversation_id,)
+            )
+            busy = await cursor.fetchone()
+            if busy is not None:
+                raise FailedPrecondition(
+                    f"message {busy['id']} is still streaming in conversation {conversation_id}; "
+                    "wait for it, cancel it, or send with interrupt"
+                )
+            await conn.execute(
+                "UPDATE conversations SET updated_at = clock_timestamp() WHERE id = %s", (conversation_id,)
+            )
+        await conn.execute(
+            "INSERT INTO messages (id, conversation_id, user_id, role, content, status)"
+            " VALUES (%s, %s, %s, 'user', %s, 'complete')",
+            (str(uuid.uuid4()), conversation_id, user_id, content),
+        )
+        cursor = await conn.execute(
+            sql.SQL(
+                "INSERT INTO messages AS m"
+                " (id, conversation_id, user_id, role, status, model, lease_owner, lease_expires_at)"
+                " VALUES (%s, %s, %s, 'assistant', 'streaming', %s, %s,"
+                " clock_timestamp() + make_interval(secs => %s)) RETURNING {}"
+            ).format(MESSAGE_COLUMNS),
+            (str(uuid.uuid4()), conversation_id, user_id, model, owner, lease_seconds),
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        assistant = MessageRecord.from_row(row)
+        if request_id is not None:
+            cursor = await conn.execute(
+                "INSERT INTO request_keys (user_id, request_id, message_id) VALUES (%s, %s, %s)"
+                " ON CONFLICT DO NOTHING RETURNING message_id",
+                (user_id, request_id, assistant.id),
+            )
+            if await cursor.fetchone() is None:
+                # a concurrent retry committed the same key first: attach to its reply instead
+                raise RequestRace()
+        cursor = await conn.execute(
+            "SELECT role, content FROM messages WHERE conversation_id = %s AND id <> %s"
+            " AND (role = 'user' OR content <> '') ORDER BY seq",
+            (conversation_id, assistant.id),
+        )
+        history = [(Role(r["role"]), r["content"]) for r in await cursor.fetchall()]
+        return StartedReply(conversation_id, assistant, history, created=True)
+
+
+async def attach_to_request(pool: Pool, user_id: str, request_id: str) -> StartedReply:
+    async with pool.connection() as conn:
+        existing = await _reply_for_request(conn, user_id, request_id)
+    assert existing is not None, "the key was committed by the transaction that won the race"
+    return StartedReply(existing.conversation_id, existing, [], created=False)
+
+
+async def _reply_for_request(conn: AsyncConnection[DictRow], user_id: str, request_id: str) -> MessageRecord | None:
+    cursor = await conn.execute(
+        "SELECT message_id FROM request_keys WHERE user_id = %s AND request_id = %s", (user_id, request_id)
+    )
+    row = await cursor.fetchone()
+    return None if row is None else await message_of_user(conn, user_id, str(row["message_id"]))
+
+
+def _title(content: str) -> str:
+    line = " ".join(content.split())
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1] + "…"
+
+
+async def save_pieces(
+    pool: Pool, owner: str, lease_seconds: float, pieces: Sequence[SavePiece], renew: Sequence[str]
+) -> set[str]:
+    """One transaction for many generations: append the pieces, move saved lengths, renew leases, NOTIFY.
+
+    Idempotent, so a batch whose commit outcome was unknown can be sent again. Returns the ids of
+    the messages still leased to `owner`; a message missing from it has ended elsewhere (fencing).
+    """
+    ends: dict[str, int] = {message_id: 0 for message_id in renew}
+    for piece in pieces:
+        ends[piece.message_id] = max(ends.get(piece.message_id, 0), piece.end)
+    async with pool.connection() as conn, conn.transaction():
+        cursor = await conn.execute(
+            "UPDATE messages AS m SET saved_length = greatest(m.saved_length, v.saved_end),"
+            " lease_expires_at = clock_timestamp() + make_interval(secs => %s), updated_at = clock_timestamp()"
+            " FROM unnest(%s::uuid[], %s::int[]) AS v(id, saved_end)"
+            " WHERE m.id = v.id AND m.lease_owner = %s AND m.status = 'streaming' RETURNING m.id",
+            (lease_seconds, list(ends), list(ends.values()), owner),
+        )
+        held = {str(row["id"]) for row in await cursor.fetchall()}
+        kept = [piece for piece in pieces if piece.message_id in held]
+        if kept:
+            await conn.execute(
+                "INSERT INTO message_saves (message_id, start_offset, text)"
+                " SELECT * FROM unnest(%s::uuid[], %s::int[], %s::text[]) ON CONFLICT DO NOTHING",
+                ([p.message_id for p in kept], [p.start for p in kept], [p.text for p in kept]),
+            )
+        await notify(conn, [Notice(p.message_id, Status.STREAMING, p.end, p.start, p.text) for p in kept])
+    return held
+
+
+async def finish_reply(pool: Pool, message_id: str, owner: str, text: str, ending: Ending) -> MessageRecord | None:
+    """One transaction: the whole text and the terminal status commit together, fenced on the lease.
+
+    A stop requested before this commits wins over a completion. None: the lease was gone.
+    """
+    usage = ending.usage
+    async with pool.connection() as conn, conn.transaction():
+        cursor = await conn.execute(
+            sql.SQL(
+                "UPDATE messages AS m"
+                " SET status = CASE WHEN cancel_requested AND %(status)s = 'complete' THEN 'cancelled'"
+                " ELSE %(status)s END,"
+                " content = %(text)s, saved_length = %(length)s, error = %(error)s, finish_reason = %(finish)s,"
+                " prompt_tokens = %(prompt)s, completion_tokens = %(completion)s, total_tokens = %(total)s,"
+                " lease_owner = NULL, lease_expires_at = NULL, updated_at = clock_timestamp()"
+                " WHERE id = %(id)s AND lease_owner = %(owner)s AND status = 'streaming' RETURNING {}"
+            ).format(MESSAGE_COLUMNS),
+            {
+                "status": ending.status.value,
+                "text": text,
+                "length": len(text),
+                "error": ending.error,
+                "finish": ending.finish_reason,
+                "prompt": usage.prompt_tokens if usage else None,
+                "completion": usage.completion_tokens if usage else None,
+                "total": usage.total_tokens if usage else None,
+                "id": message_id,
+                "owner": owner,
+            },
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            return None
+        record = MessageRecord.from_row(row)
+        await _after_end(conn, [record])
+    return record
+
+
+async def end_with_saved_text(pool: Pool, message_id: str, status: Status, error: str) -> MessageRecord | None:
+    """End one streaming message whose owner did not answer a stop, with its saved text. None: already ended."""
+    records = await _end_from_saves(pool, status, error, sql.SQL("m.id = %s"), [message_id])
+    return records[0] if records else None
+
+
+async def end_expired(pool: Pool, sweeper: str, error: str) -> list[MessageRecord]:
+    """End as ERROR, with their saved text, the streaming messages whose lease expired, but the sweeper's own."""
+    condition = sql.SQL("m.lease_expires_at < clock_timestamp() AND m.lease_owner IS DISTINCT FROM %s")
+    return await _end_from_saves(pool, Status.ERROR, error, condition, [sweeper])
+
+
+async def _end_from_saves(
+    pool: Pool, status: Status, error: str, condition: sql.Composable, params: list[object]
+) -> list[MessageRecord]:
+    async with pool.connection() as conn, conn.transaction():
+        cursor = await conn.execute(
+            sql.SQL(
+                "UPDATE messages AS m SET status = %s, error = %s, content = {saved},"
+                " lease_owner = NULL, lease_expires_at = NULL, updated_at = clock_timestamp()"
+                " WHERE {condition} AND m.status = 'streaming' RETURNING {columns}"
+            ).format(saved=SAVED_TEXT, condition=condition, columns=MESSAGE_COLUMNS),
+            [status.value, error, *params],
+        )
+        records = [MessageRecord.from_row(row) for row in await cursor.fetchall()]
+        await _after_end(conn, records)
+    return records
+
+
+async def _after_end(conn: AsyncConnection[DictRow], records: Sequence[MessageRecord]) -> None:
+    if not records:
+        return
+    ids = [record.id for record in records]
+    await conn.execute("DELETE FROM message_saves WHERE message_id = ANY(%s::uuid[])", (ids,))
+    await conn.execute(
+        "UPDATE conversations SET updated_at = clock_timestamp() WHERE id = ANY(%s::uuid[])",
+        ([record.conversation_id for record in records],),
+    )
+    await notify(conn, [Notice(record.id, record.status, len(record.content)) for record in records])
+
+
+async def request_cancel(pool: Pool, user_id: str, message_id: str) -> MessageRecord:
+    """Record a stop for the owner to hear, wherever it runs."""
+    async with pool.connection() as conn, conn.transaction():
+        record = await message_of_user(conn, user_id, message_id)
+        if record.terminal or record.role is not Role.ASSISTANT:
+            return record
+        await conn.execute("UPDATE messages SET cancel_requested = true WHERE id = %s", (message_id,))
+        await notify(conn, [Notice(message_id, Status.STREAMING, len(record.content), cancel_requested=True)])
+    return record
