@@ -329,7 +329,9 @@
 
   function finish(view, m) {
     closeSource(view);
-    if (m && typeof m.content === 'string') setText(view, m.content);
+    // the streamed text is usually the whole text already: rendering it again would cost a render of it all
+    if (m && typeof m.content === 'string' && m.content !== view.text) setText(view, m.content);
+    else view.el.dataset.text = view.text;
     setStatus(view, m ? norm(m.status) || 'complete' : 'complete', m && m.error, m && m.model);
     followBottom();
   }

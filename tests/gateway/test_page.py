@@ -103,10 +103,9 @@ async def send(page: Page, gateway: RunningGateway, message: str) -> Locator:
 async def ended(page: Page, gateway: RunningGateway, assistant: Locator) -> dict[str, Any]:
     """Waits for the reply to end on the page; returns it as saved, after checking the page holds its exact text."""
     await assistant.and_(page.locator(':not([data-status="streaming"])')).wait_for(timeout=15_000)
+    message_id = await assistant.get_attribute("data-message-id")
     async with http_client(gateway) as client:
-        saved: dict[str, Any] = (
-            await client.get(f"/v1/messages/{await assistant.get_attribute('data-message-id')}")
-        ).json()
+        saved: dict[str, Any] = (await client.get(f"/v1/messages/{message_id}")).json()
     assert await assistant.get_attribute("data-text") == saved["content"]
     return saved
 
@@ -166,6 +165,35 @@ async def test_a_reply_renders_as_markdown_while_it_streams(browser: Browser, ga
         await page.close()
     assert saved["status"] == "complete"
     assert saved["content"] == MARKDOWN
+
+
+async def test_a_fast_reply_is_rendered_at_most_once_a_frame(browser: Browser, gateway: RunningGateway) -> None:
+    page = await browser.new_page()
+    try:
+        await page.goto(gateway.base_url + "/")
+        await page.evaluate(
+            """() => {
+                window.__frames = 0;
+                window.__renders = 0;
+                const tick = () => { window.__frames++; requestAnimationFrame(tick); };
+                requestAnimationFrame(tick);
+                const rendered = (r) => r.target.matches('[data-role="assistant"] .content');
+                const count = (records) => { window.__renders += records.filter(rendered).length; };
+                const messages = document.getElementById('messages');
+                new MutationObserver(count).observe(messages, { childList: true, subtree: true });
+            }"""
+        )
+        await page.fill("#composer-input", content("fast", "[[len=3000 chunk=1]]"))
+        await page.click("#send")
+        assistant = page.locator('.message[data-role="assistant"]')
+        await assistant.wait_for(timeout=10_000)
+        saved = await ended(page, gateway, assistant)
+        await page.wait_for_function("() => window.__renders > 0")
+        renders, frames = await page.evaluate("[window.__renders, window.__frames]")
+    finally:
+        await page.close()
+    assert len(saved["content"]) == 3000
+    assert renders <= frames + 1, (renders, frames)
 
 
 HOSTILE = """Before <img src=x onerror="window.__pwned = 'img'"> after.
