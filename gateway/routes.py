@@ -124,11 +124,20 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(resources(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+# The page loads only its own files; should a model's text ever get past the page's sanitizer,
+# inline scripts and event handlers still do not run.
+PAGE_POLICY = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+
 def routes(static_dir: Path) -> list[BaseRoute]:
     index = static_dir / "index.html"
 
     async def page(request: Request) -> Response:
-        return FileResponse(index, media_type="text/html", headers={"Cache-Control": "no-cache"})
+        headers = {"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_POLICY}
+        return FileResponse(index, media_type="text/html", headers=headers)
 
     return [
         Route("/", page, methods=["GET", "HEAD"]),
