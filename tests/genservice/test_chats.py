@@ -103,9 +103,7 @@ async def test_a_retry_that_interrupts_attaches_to_its_own_reply_instead_of_stop
     user_id, chat_id, key = user(), chat(), uuid.uuid4().hex
     await send(stub, user_id, chat_id, "before")
     content = "retried [[len=1500 chunk=5 delay=0.004]]"
-    request = pb.StreamReplyRequest(
-        user_id=user_id, chat_id=chat_id, content=content, request_id=key, interrupt=True
-    )
+    request = pb.StreamReplyRequest(user_id=user_id, chat_id=chat_id, content=content, request_id=key, interrupt=True)
     results = await asyncio.gather(*(collect(stub.StreamReply(request)) for _ in range(3)))
 
     assert len({events[0].started.message_id for events in results}) == 1
