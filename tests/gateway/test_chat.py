@@ -147,6 +147,22 @@ async def test_a_chat_with_nothing_running_resumes_with_204(gateway, client):
     assert await listed(client, chat) == []
 
 
+async def test_a_reply_that_ended_moments_ago_is_replayed_and_an_older_one_is_not(gateway, client, pool):
+    chat, text = chat_id(), content("just ended")
+    sent = await drive("send", gateway, chat, text=text)
+    message_id = sent["messages"][-1]["id"]
+
+    replay = await client.get(chat_path(chat, "stream"))
+    assert replay.status_code == 200 and replay.headers["x-vercel-ai-ui-message-stream"] == "v1"
+    assert replay.text.startswith(f'data: {{"type":"start","messageId":"{message_id}"}}\n\n')
+    assert replay.text.endswith('data: {"type":"finish"}\n\ndata: [DONE]\n\n')
+    async with pool.connection() as conn:
+        await conn.execute(
+            "UPDATE messages SET updated_at = updated_at - interval '1 minute' WHERE id = %s", (message_id,)
+        )
+    assert (await client.get(chat_path(chat, "stream"))).status_code == 204
+
+
 async def test_stop_cancels_the_reply_keeps_its_text_and_ends_the_stream_with_abort(gateway, client):
     chat, text = chat_id(), content("stop me", PACED)
     report = await drive("stop", gateway, chat, text=text, abortAfterDeltas=3)
