@@ -58,7 +58,14 @@ def _path_chat_id(request: Request) -> str:
 async def post_chat(request: Request) -> Response:
     res = resources(request)
     user_id = res.auth.user_id(request)
-    chat = ChatRequest.from_json(await read_json(request, res.config.max_body_bytes))
+    try:
+        body = await read_json(request, res.config.max_body_bytes)
+    except ApiError as error:
+        if error.status != 413:
+            raise
+        # the SDK posts the whole history, which grows with the chat; the server needs only the last message
+        raise ApiError(413, error.code, f"{error.message}: send only the last message") from None
+    chat = ChatRequest.from_json(body)
     if len(chat.text) > res.config.max_content_chars:
         raise content_too_large(len(chat.text), res.config.max_content_chars)
     replaced_id = chat.replaced_id

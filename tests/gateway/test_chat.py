@@ -104,6 +104,20 @@ async def test_send_streams_the_reply_under_the_servers_message_id(gateway, clie
     assert (saved["status"], saved["content"]) == ("complete", reply_text(text))
 
 
+@pytest.mark.parametrize("last_message_only", [False, True])
+async def test_a_conversation_goes_on_whether_the_client_posts_its_history_or_only_the_last_message(
+    gateway, client, model_server: ModelServer, last_message_only: bool
+):
+    chat, texts = chat_id(), [content("first"), content("second"), content("third")]
+    report = await drive("send", gateway, chat, text=texts[0], moreTexts=texts[1:], lastMessageOnly=last_message_only)
+
+    assert [m["text"] for m in report["messages"]] == [t for text in texts for t in (text, reply_text(text))]
+    assert [p["postedMessages"] for p in posts(report)] == ([1, 1, 1] if last_message_only else [1, 3, 5])
+    assert ids_and_roles(await listed(client, chat)) == ids_and_roles(report["messages"])
+    [asked] = [r["messages"] for r in model_server.requests if r["messages"][-1]["content"] == texts[2]]
+    assert [m["content"] for m in asked] == [t for text in texts[:2] for t in (text, reply_text(text))] + texts[2:]
+
+
 async def test_a_dropped_connection_resumes_on_the_other_gateway_whole_and_once(gateway, second_gateway, client):
     chat, text = chat_id(), content("resume me", PACED)
     report = await drive(
@@ -230,3 +244,6 @@ async def test_chat_routes_answer_plain_json_errors(client):
     assert bad.status_code == 422 and "user message" in bad.json()["error"]["message"]
     long = await client.get(chat_path("c" * 201, "messages"))
     assert long.status_code == 400
+    history = [{"id": f"m{n}", "role": "user", "parts": [{"type": "text", "text": "x" * 30_000}]} for n in range(10)]
+    too_long = await client.post("/v1/chat", json={"id": chat, "messages": history, "trigger": "submit-message"})
+    assert too_long.status_code == 413 and "only the last message" in too_long.json()["error"]["message"]
