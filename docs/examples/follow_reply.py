@@ -9,12 +9,13 @@ from genservice.v1 import genservice_pb2 as pb
 from genservice.v1 import genservice_pb2_grpc as pb_grpc
 
 target, user = os.environ.get("GENSERVICE_TARGET", "127.0.0.1:50051"), "dev"
+auth = [("authorization", f"Bearer {os.environ['GENSERVICE_TOKEN']}")] if "GENSERVICE_TOKEN" in os.environ else []
 with grpc.insecure_channel(target) as channel:
     stub = pb_grpc.GenerationServiceStub(channel)
     if sys.argv[1] == "--follow":  # follow_reply.py --follow MESSAGE_ID: live or ended, on any replica
-        events = stub.WatchReply(pb.WatchReplyRequest(user_id=user, message_id=sys.argv[2], offset=0))
+        events = stub.WatchReply(pb.WatchReplyRequest(user_id=user, message_id=sys.argv[2]), metadata=auth)
     else:  # follow_reply.py "a question": a new conversation
-        events = stub.StreamReply(pb.StreamReplyRequest(user_id=user, content=sys.argv[1]))
+        events = stub.StreamReply(pb.StreamReplyRequest(user_id=user, content=sys.argv[1]), metadata=auth)
     for event in events:
         if event.HasField("started"):
             sys.stderr.write(f"message {event.started.message_id}\n")
