@@ -20,8 +20,9 @@ install: $(STAMP) ## make the virtual env in .venv with every dependency
 run: $(STAMP) ## start Postgres, demo-llm (unless OPENAI_BASE_URL is set), genservice and gateway; Ctrl-C stops all
 	$(BIN)/python -m genservice.supervisor
 
-test: $(STAMP) proto-check ## run every test (the browser test installs Debian's chromium where it can)
+test: $(STAMP) proto-check ## run every test (installs Debian's chromium, and Node with the AI SDK client, where it can)
 	$(BIN)/python -m tests.support.browser
+	$(BIN)/python -m tests.support.aisdk
 	$(BIN)/pytest
 
 proto: $(STAMP) ## regenerate the gRPC stubs (and typed .pyi) from proto/

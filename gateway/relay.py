@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
 from starlette.responses import StreamingResponse
@@ -56,8 +56,8 @@ class EventStreamResponse(StreamingResponse):
 
     media_type = sse.MEDIA_TYPE
 
-    def __init__(self, body: AsyncIterator[bytes]) -> None:
-        super().__init__(body, headers=sse.HEADERS)
+    def __init__(self, body: AsyncIterator[bytes], headers: Mapping[str, str] = sse.HEADERS) -> None:
+        super().__init__(body, headers=headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -97,9 +97,16 @@ class Relay:
         return self._closed
 
     async def body(
-        self, first: pb.ReplyEvent, events: AsyncIterator[pb.ReplyEvent], route: str
+        self,
+        first: pb.ReplyEvent,
+        events: AsyncIterator[pb.ReplyEvent],
+        route: str,
+        frames: Callable[[pb.ReplyEvent], bytes | None] = views.event_frame,
     ) -> AsyncIterator[bytes]:
-        """`first` (already pulled, a `started`), then the rest of `events` up to `finished`, as SSE frames."""
+        """`first` (already pulled, a `started`), then the rest of `events` up to `finished`, as `frames` encodes them.
+
+        An event that `frames` gives None for is skipped.
+        """
         message_id = first.started.message_id
         gauge = self._metrics.open_streams.labels(route=route)
         gauge.inc()
@@ -107,7 +114,7 @@ class Relay:
         # what ended the stream; a body closed from outside (the client went away) keeps the first value
         ending, failure = "client_gone", None
         try:
-            yield views.event_frame(first) or b""
+            yield frames(first) or b""
             if views.is_finished(first):
                 ending = "finished"
                 return
@@ -127,7 +134,7 @@ class Relay:
                     except Exception as exc:
                         ending, failure = "upstream_failed", exc
                         return
-                    frame = views.event_frame(event)
+                    frame = frames(event)
                     if frame is not None:
                         yield frame
                     if views.is_finished(event):
