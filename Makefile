@@ -39,13 +39,17 @@ proto-check: $(STAMP) ## fail when the committed stubs are stale
 lint: $(STAMP) ## ruff and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy genservice gateway tests
+	$(BIN)/mypy genservice gateway tests bench
 
-bench: $(STAMP) ## benchmarks: save path (WAL, notifying commits) and gateway memory with stalled clients, as ratios
+bench: $(STAMP) ## benchmarks: concurrent replies (latency per reader, CPU, capacity), the save path, gateway memory
+	$(BIN)/python -m bench.replies $(BENCH_ARGS)
 	$(BIN)/python -m bench.saves
 	$(BIN)/python -m bench.gateway_memory
+
+bench-quick: $(STAMP) ## the concurrent-replies benchmark at 1 and 100 streams (under 2 minutes)
+	$(BIN)/python -m bench.replies --quick
 
 clean: ## remove the virtual env and the embedded database
 	rm -rf $(VENV) .data
 
-.PHONY: help install run test proto proto-check lint bench clean
+.PHONY: help install run test proto proto-check lint bench bench-quick clean
