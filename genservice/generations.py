@@ -30,6 +30,9 @@ STOP_ENDINGS = {
     StopReason.CANCELLED: Ending(Status.CANCELLED, "", "cancelled"),
     StopReason.SHUTDOWN: Ending(Status.ERROR, "the service shut down before the reply finished"),
 }
+UNEXPECTED_FAILURE = Ending(
+    Status.ERROR, "the generation failed unexpectedly (an internal error); the text so far is kept"
+)
 
 
 class Generations:
@@ -64,24 +67,39 @@ class Generations:
         task.add_done_callback(self._tasks.discard)
         return generation
 
+    def running_ids(self) -> list[str]:
+        return list(self._running)
+
     async def _run(self, generation: Generation) -> None:
+        """The one supervisor of a generation: whatever fails, the message is ended and its followers told."""
         message_id = generation.message_id
         log.info("message %s: generation started (model %s)", message_id, generation.model)
         try:
-            async with self._hub.subscribe(message_id) as stop_requests:
-                watcher = asyncio.create_task(self._watch_for_stop(generation, stop_requests))
-                try:
-                    ending = await self._stream_until_stopped(generation)
-                finally:
-                    watcher.cancel()
+            try:
+                ending = await self._generate(generation)
+            except Exception:
+                log.exception("message %s: the generation failed unexpectedly; ending it with its text", message_id)
+                ending = UNEXPECTED_FAILURE
             if ending is None:
                 log.warning("message %s: ended elsewhere; nothing more is written", message_id)
                 generation.abandon()
                 return
             await self._finish(generation, ending)
+        except Exception:
+            # the end could not be written: followers go on from Postgres, where this process's sweeper ends it
+            log.exception("message %s: writing the end failed; the sweeper ends it from its saves", message_id)
+            generation.abandon()
         finally:
             self._batcher.forget(message_id)
             self._running.pop(message_id, None)
+
+    async def _generate(self, generation: Generation) -> Ending | None:
+        async with self._hub.subscribe(generation.message_id) as stop_requests:
+            watcher = asyncio.create_task(self._watch_for_stop(generation, stop_requests))
+            try:
+                return await self._stream_until_stopped(generation)
+            finally:
+                watcher.cancel()
 
     async def _stream_until_stopped(self, generation: Generation) -> Ending | None:
         """The model's stream to its end, or until a stop; None when the lease was lost."""

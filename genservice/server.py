@@ -15,12 +15,13 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from genservice.batcher import SaveBatcher
 from genservice.config import GenServiceConfig
 from genservice.generations import Generations
+from genservice.health import ServiceHealth
 from genservice.model import make_client
 from genservice.replies.background import background
 from genservice.replies.database import open_pool, postgres_url
@@ -58,6 +59,8 @@ a second exits at once."""
 @dataclass(frozen=True)
 class RunningService:
     target: str
+    # the lease owner name of this process
+    owner: str
 
 
 @contextlib.asynccontextmanager
@@ -80,11 +83,16 @@ async def running_service(config: GenServiceConfig) -> AsyncIterator[RunningServ
                 max_delay=config.save_max_delay,
                 lease_seconds=config.lease_seconds,
             )
-            await stack.enter_async_context(background("save-batcher", batcher.run))
-            await stack.enter_async_context(
-                background("sweeper", lambda: sweep_forever(pool, owner, config.sweep_interval, config.lease_seconds))
-            )
+            saver = await stack.enter_async_context(background("save-batcher", batcher.run))
             generations = Generations(config, pool, hub, client, batcher, owner)
+            sweeper = await stack.enter_async_context(
+                background(
+                    "sweeper",
+                    lambda: sweep_forever(
+                        pool, owner, generations.running_ids, config.sweep_interval, config.lease_seconds
+                    ),
+                )
+            )
 
             server = grpc.aio.server()
             pb_grpc.add_GenerationServiceServicer_to_server(GenerationService(config, pool, hub, generations), server)
@@ -93,12 +101,20 @@ async def running_service(config: GenServiceConfig) -> AsyncIterator[RunningServ
             reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
             port = server.add_insecure_port(config.addr)
             await server.start()
-            for name in ("", SERVICE_NAME):
-                await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+            service_health = ServiceHealth(
+                health_servicer,
+                ("", SERVICE_NAME),
+                {
+                    "save batcher": lambda: saver.healthy,
+                    "sweeper": lambda: sweeper.healthy,
+                    "listener": lambda: hub.healthy,
+                },
+            )
+            await stack.enter_async_context(background("health", service_health.watch))
             host = config.addr.rpartition(":")[0]
             log.info("genservice serving on %s:%d (owner %s)", host, port, owner)
             try:
-                yield RunningService(f"{host}:{port}")
+                yield RunningService(f"{host}:{port}", owner)
             finally:
                 log.info("shutting down: NOT_SERVING, refusing new replies, draining generations")
                 await health_servicer.enter_graceful_shutdown()

@@ -236,10 +236,16 @@ async def end_with_saved_text(pool: Pool, message_id: str, status: Status, error
     return records[0] if records else None
 
 
-async def end_expired(pool: Pool, sweeper: str, error: str) -> list[MessageRecord]:
-    """End as ERROR, with their saved text, the streaming messages whose lease expired, but the sweeper's own."""
-    condition = sql.SQL("m.lease_expires_at < clock_timestamp() AND m.lease_owner IS DISTINCT FROM %s")
-    return await _end_from_saves(pool, Status.ERROR, error, condition, [sweeper])
+async def end_expired(pool: Pool, sweeper: str, running: Sequence[str], error: str) -> list[MessageRecord]:
+    """End as ERROR, with their saved text, the streaming messages whose lease expired, but those the sweeper runs.
+
+    The sweeper's own message whose lease expired while it runs it is left alone: its owner is cut off
+    from the database and renews the lease once it is back, or its end is written then.
+    """
+    condition = sql.SQL(
+        "m.lease_expires_at < clock_timestamp() AND (m.lease_owner IS DISTINCT FROM %s OR m.id <> ALL(%s::uuid[]))"
+    )
+    return await _end_from_saves(pool, Status.ERROR, error, condition, [sweeper, list(running)])
 
 
 async def _end_from_saves(

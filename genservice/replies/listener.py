@@ -17,6 +17,7 @@ from types import TracebackType
 import psycopg
 from psycopg import AsyncConnection, sql
 
+from genservice.replies.background import FAILURES_BEFORE_UNHEALTHY
 from genservice.replies.backoff import Backoff
 from genservice.replies.database import connection_kwargs
 from genservice.replies.notices import CHANNEL, Notice
@@ -72,10 +73,17 @@ class ListenerHub:
         # seconds from a NOTIFY being written to its arrival here, summed over the notices that say when
         self.lag_seconds_sum = 0.0
         self.lag_count = 0
+        # unexpected failures since a notification was last dispatched
+        self.failures = 0
 
     @property
     def connected(self) -> bool:
-        return self._ready.is_set()
+        return self._ready.is_set() and self._task is not None and not self._task.done()
+
+    @property
+    def healthy(self) -> bool:
+        """Listening, or reconnecting after an outage; not when it keeps failing on something unexpected."""
+        return self._task is not None and not self._task.done() and self.failures < FAILURES_BEFORE_UNHEALTHY
 
     @property
     def subscription_count(self) -> int:
@@ -129,6 +137,9 @@ class ListenerHub:
                 # one warning per outage, not one per attempt
                 level = logging.WARNING if self._ready.is_set() or not backoff.retrying else logging.DEBUG
                 log.log(level, "listener connection lost (%s); reconnecting with backoff", type(exc).__name__)
+            except Exception:
+                self.failures += 1
+                log.exception("the listener failed unexpectedly; listening again")
             self._ready.clear()
             self._resync_all()
             await backoff.wait()
