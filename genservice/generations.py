@@ -7,7 +7,6 @@ shutdown end a generation; a caller that goes away only stops listening.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import openai
@@ -153,20 +152,24 @@ class Generations:
         generation.request_stop(await self._stop_request(generation, subscription))
 
     async def _stop_request(self, generation: Generation, subscription: Subscription) -> StopReason:
-        """A stop request, or the message ended by another process, heard wherever it was made."""
+        """A stop request, or the message ended by another process, heard wherever it was made.
+
+        A notice is only a reason to look: what Postgres says decides, so a forged one stops nothing.
+        """
         while True:
             notices = await subscription.wait()
-            if notices is None:
-                with contextlib.suppress(*DATABASE_ERRORS):
-                    ended, stop_requested = await queries.stop_state(self._pool, generation.message_id)
-                    if ended:
-                        return StopReason.LEASE_LOST
-                    if stop_requested:
-                        return StopReason.CANCELLED
+            if notices is not None and not any(n.terminal or n.cancel_requested for n in notices):
                 continue
-            if any(n.terminal for n in notices):
+            try:
+                ended, stop_requested = await queries.stop_state(self._pool, generation.message_id)
+            except DATABASE_ERRORS:
+                continue
+            except Exception:
+                log.exception("message %s: reading its stop state failed", generation.message_id)
+                continue
+            if ended:
                 return StopReason.LEASE_LOST
-            if any(n.cancel_requested for n in notices):
+            if stop_requested:
                 return StopReason.CANCELLED
 
     async def _finish(self, generation: Generation, ending: Ending) -> None:

@@ -188,7 +188,7 @@ async def save_pieces(
                 " SELECT * FROM unnest(%s::uuid[], %s::int[], %s::text[]) ON CONFLICT DO NOTHING",
                 ([p.message_id for p in kept], [p.start for p in kept], [p.text for p in kept]),
             )
-        await notify(conn, [Notice(p.message_id, Status.STREAMING, p.end, p.start, p.text) for p in kept])
+        await notify(conn, [Notice(p.message_id, Status.STREAMING, p.end) for p in kept])
     return held
 
 

@@ -25,6 +25,7 @@ from genservice.replies.notices import CHANNEL, Notice
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 256
+DROPPED_LOG_EVERY = 1000
 
 
 class Subscription:
@@ -49,9 +50,16 @@ class Subscription:
         self._resync = True
         self._wake.set()
 
-    async def wait(self) -> list[Notice] | None:
-        """The notices since the last call, or None when the subscriber must re-read Postgres."""
-        await self._wake.wait()
+    async def wait(self, idle: float | None = None) -> list[Notice] | None:
+        """The notices since the last call, or None when the subscriber must re-read Postgres.
+
+        After `idle` seconds without a notice it is None too: a lost notification costs latency, never a hang.
+        """
+        try:
+            async with asyncio.timeout(idle):
+                await self._wake.wait()
+        except TimeoutError:
+            return None
         self._wake.clear()
         if self._resync:
             self._resync = False
@@ -70,6 +78,7 @@ class ListenerHub:
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self.notices_received = 0
+        self.notices_dropped = 0
         # seconds from a NOTIFY being written to its arrival here, summed over the notices that say when
         self.lag_seconds_sum = 0.0
         self.lag_count = 0
@@ -147,7 +156,17 @@ class ListenerHub:
     def _dispatch(self, payload: str) -> None:
         notice = Notice.decode(payload)
         if notice is None:
+            self.notices_dropped += 1
+            # one line per so many, so that a flood of junk cannot flood the log
+            if self.notices_dropped % DROPPED_LOG_EVERY == 1:
+                log.warning(
+                    "dropped a payload on %s that is not a notice (%d so far): %r",
+                    CHANNEL,
+                    self.notices_dropped,
+                    payload[:80],
+                )
             return
+        self.failures = 0
         self.notices_received += 1
         if notice.sent_at is not None:
             self.lag_seconds_sum += max(time.time() - notice.sent_at, 0.0)

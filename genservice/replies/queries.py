@@ -50,8 +50,8 @@ async def get_message(pool: Pool, user_id: str, message_id: str) -> MessageRecor
 async def read_after(pool: Pool, user_id: str, message_id: str, offset: int) -> TextAfter:
     """The message's saved text after `offset`, in one statement (one snapshot).
 
-    While streaming only the saves that reach past `offset` are read: a follower of a long reply
-    reads each character once.
+    While streaming only the save that holds `offset` and those after it are read, found through the
+    saves' primary key: a follower of a long reply reads each character about once.
     """
     async with pool.connection() as conn:
         cursor = await conn.execute(
@@ -60,7 +60,8 @@ async def read_after(pool: Pool, user_id: str, message_id: str, offset: int) -> 
                 " FROM messages m LEFT JOIN LATERAL ("
                 "  SELECT min(s.start_offset) AS start, string_agg(s.text, '' ORDER BY s.start_offset) AS text"
                 "  FROM message_saves s WHERE m.status = 'streaming' AND s.message_id = m.id"
-                "  AND s.start_offset + length(s.text) > %s) AS tail ON true"
+                "  AND s.start_offset >= coalesce((SELECT max(f.start_offset) FROM message_saves f"
+                "   WHERE f.message_id = m.id AND f.start_offset <= %s), 0)) AS tail ON true"
                 " WHERE m.id = %s AND m.user_id = %s"
             ).format(columns=MESSAGE_COLUMNS),
             (offset, message_id, user_id),
