@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -12,6 +13,7 @@ from genservice.replies.settings import (
     env_float,
     env_int,
     env_optional,
+    env_secret,
     env_str,
 )
 
@@ -27,6 +29,10 @@ class GatewayConfig:
     database_url: str | None = field(default=None, repr=False)
     # None: development mode, every request is the user `dev`
     jwt_secret: str | None = field(default=None, repr=False)
+    # sent to genservice on every call; None: genservice runs without one (loopback only)
+    genservice_token: str | None = field(default=None, repr=False)
+    # PEM file of the CA that signed genservice's certificate: set, the channel uses TLS
+    genservice_tls_ca: str | None = None
     max_body_bytes: int = 256 * 1024
     # a longer user message is refused here with 413 (genservice reads the same variable)
     max_content_chars: int = 32_000
@@ -64,7 +70,9 @@ class GatewayConfig:
             addr=env_addr(env, "GATEWAY_ADDR", cls.addr),
             genservice_target=env_str(env, "GENSERVICE_TARGET", cls.genservice_target),
             database_url=env_database_url(env),
-            jwt_secret=env_optional(env, "GATEWAY_JWT_SECRET"),
+            jwt_secret=env_secret(env, "GATEWAY_JWT_SECRET"),
+            genservice_token=env_secret(env, "GENSERVICE_TOKEN"),
+            genservice_tls_ca=env_optional(env, "GENSERVICE_TLS_CA"),
             max_body_bytes=env_int(env, "MAX_BODY_BYTES", cls.max_body_bytes),
             max_content_chars=env_int(env, "MAX_CONTENT_CHARS", cls.max_content_chars),
             ping_seconds=env_float(env, "PING_SECONDS", cls.ping_seconds, minimum=0.01),
@@ -76,6 +84,8 @@ class GatewayConfig:
             pool_size=env_int(env, "GATEWAY_POOL_SIZE", cls.pool_size),
             name=env_str(env, "GATEWAY_NAME", cls.name),
         )
+        if config.genservice_tls_ca is not None and not os.path.isfile(config.genservice_tls_ca):
+            raise ConfigError(f"GENSERVICE_TLS_CA: no such file {config.genservice_tls_ca!r}")
         if len(config.name) > 40 or not config.name.isprintable():
             raise ConfigError(f"GATEWAY_NAME must be at most 40 printable characters, got {config.name!r}")
         return config

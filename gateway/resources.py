@@ -42,7 +42,7 @@ async def open_resources(config: GatewayConfig, metrics: GatewayMetrics, relay: 
         log.warning("GATEWAY_JWT_SECRET is shorter than %d bytes, too short for HS256", MIN_SECRET_BYTES)
     async with AsyncExitStack() as stack:
         url = stack.enter_context(postgres_url(config.database_url))
-        channel = await stack.enter_async_context(open_channel(config.genservice_target))
+        channel = await stack.enter_async_context(open_channel(config.genservice_target, config.genservice_tls_ca))
         pool = await stack.enter_async_context(open_pool(url, config.name, config.pool_size))
         hub = await stack.enter_async_context(ListenerHub(url, config.listener_name))
         if not hub.connected:
@@ -53,7 +53,7 @@ async def open_resources(config: GatewayConfig, metrics: GatewayMetrics, relay: 
         log.info("gateway resources open: genservice at %s, pool %r", config.genservice_target, config.name)
         yield Resources(
             config=config,
-            upstream=Upstream(channel, config.genservice_timeout_seconds),
+            upstream=Upstream(channel, config.genservice_timeout_seconds, config.genservice_token),
             pool=pool,
             hub=hub,
             auth=auth,

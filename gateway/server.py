@@ -40,6 +40,8 @@ environment:
   GENSERVICE_TARGET            where genservice listens (127.0.0.1:50051)
   DATABASE_URL                 Postgres (unset: the embedded Postgres in .data/)
   GATEWAY_JWT_SECRET           HS256 secret; unset: development mode, one user `dev`
+  GENSERVICE_TOKEN             sent to genservice on every call (unset: none sent)
+  GENSERVICE_TLS_CA            PEM CA of genservice's certificate: the channel uses TLS (unset: plaintext)
   MAX_BODY_BYTES               largest request body (262144)
   MAX_CONTENT_CHARS            longest user message; a longer one is 413 (32000)
   PING_SECONDS                 `: ping` comment interval on idle streams (15)

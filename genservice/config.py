@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -12,6 +14,7 @@ from genservice.replies.settings import (
     env_float,
     env_int,
     env_optional,
+    env_secret,
     env_str,
 )
 
@@ -21,6 +24,11 @@ DEMO_LLM_DEFAULT_ADDR = "127.0.0.1:8181"
 @dataclass(frozen=True)
 class GenServiceConfig:
     addr: str = "127.0.0.1:50051"
+    # None: every caller is trusted, allowed on a loopback address only
+    token: str | None = field(default=None, repr=False)
+    # PEM files: both set, genservice serves TLS; neither, plaintext
+    tls_cert: str | None = None
+    tls_key: str | None = None
     # None: the embedded Postgres in .data/
     database_url: str | None = field(default=None, repr=False)
     openai_base_url: str = f"http://{DEMO_LLM_DEFAULT_ADDR}/v1"
@@ -60,5 +68,28 @@ class GenServiceConfig:
             model_max_retries=env_int(env, "MODEL_MAX_RETRIES", cls.model_max_retries, minimum=0),
             max_reply_chars=env_int(env, "MAX_REPLY_CHARS", cls.max_reply_chars),
             max_content_chars=env_int(env, "MAX_CONTENT_CHARS", cls.max_content_chars),
+            token=env_secret(env, "GENSERVICE_TOKEN"),
+            tls_cert=env_optional(env, "GENSERVICE_TLS_CERT"),
+            tls_key=env_optional(env, "GENSERVICE_TLS_KEY"),
         )
+        if (config.tls_cert is None) != (config.tls_key is None):
+            raise ConfigError("GENSERVICE_TLS_CERT and GENSERVICE_TLS_KEY go together: set both, or neither")
+        for name, path in (("GENSERVICE_TLS_CERT", config.tls_cert), ("GENSERVICE_TLS_KEY", config.tls_key)):
+            if path is not None and not os.path.isfile(path):
+                raise ConfigError(f"{name}: no such file {path!r}")
+        if config.token is None and not is_loopback(config.addr):
+            raise ConfigError(
+                f"GENSERVICE_ADDR {config.addr} is reachable from other machines: set GENSERVICE_TOKEN,"
+                " or listen on a loopback address such as 127.0.0.1"
+            )
         return config
+
+
+def is_loopback(addr: str) -> bool:
+    host = addr.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
