@@ -19,6 +19,8 @@ from genservice.replies.settings import (
 )
 
 DEMO_LLM_DEFAULT_ADDR = "127.0.0.1:8181"
+# replies one process runs at once: what one core carried with latency still bounded (see README)
+DEFAULT_MAX_ACTIVE_REPLIES = 500
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,15 @@ class GenServiceConfig:
     model_max_retries: int = 2
     max_reply_chars: int = 2_000_000
     max_content_chars: int = 32_000
+    # STREAMING replies one user may have at once (0: no limit)
+    max_active_replies_per_user: int = 8
+    # replies this process runs at once
+    max_active_replies: int = DEFAULT_MAX_ACTIVE_REPLIES
+    # models a request may name; {"*"}: any; empty: openai_model alone
+    allowed_models: frozenset[str] = frozenset()
+
+    def allows(self, model: str) -> bool:
+        return "*" in self.allowed_models or model in (self.allowed_models or {self.openai_model})
 
     @property
     def sweep_interval(self) -> float:
@@ -71,6 +82,11 @@ class GenServiceConfig:
             token=env_secret(env, "GENSERVICE_TOKEN"),
             tls_cert=env_optional(env, "GENSERVICE_TLS_CERT"),
             tls_key=env_optional(env, "GENSERVICE_TLS_KEY"),
+            max_active_replies_per_user=env_int(
+                env, "MAX_ACTIVE_REPLIES_PER_USER", cls.max_active_replies_per_user, minimum=0
+            ),
+            max_active_replies=env_int(env, "MAX_ACTIVE_REPLIES", cls.max_active_replies),
+            allowed_models=env_models(env, "ALLOWED_MODELS"),
         )
         if (config.tls_cert is None) != (config.tls_key is None):
             raise ConfigError("GENSERVICE_TLS_CERT and GENSERVICE_TLS_KEY go together: set both, or neither")
@@ -83,6 +99,15 @@ class GenServiceConfig:
                 " or listen on a loopback address such as 127.0.0.1"
             )
         return config
+
+
+def env_models(env: Mapping[str, str], name: str) -> frozenset[str]:
+    """A comma-separated list of model names, or `*` for any; unset: empty (OPENAI_MODEL alone)."""
+    raw = env.get(name, "")
+    names = frozenset(part.strip() for part in raw.split(",") if part.strip())
+    if "*" in names and len(names) > 1:
+        raise ConfigError(f"{name}: `*` (any model) cannot be mixed with names, got {raw!r}")
+    return names
 
 
 def is_loopback(addr: str) -> bool:

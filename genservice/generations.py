@@ -7,7 +7,9 @@ shutdown end a generation; a caller that goes away only stops listening.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import openai
 
@@ -18,6 +20,7 @@ from genservice.model import ModelFailure, stream_reply
 from genservice.replies import queries
 from genservice.replies.backoff import Backoff
 from genservice.replies.database import DATABASE_ERRORS, Pool
+from genservice.replies.errors import Unavailable
 from genservice.replies.listener import ListenerHub, Subscription
 from genservice.replies.records import Status, Usage
 from genservice.textcut import first_unstorable
@@ -29,6 +32,7 @@ STOP_ENDINGS = {
     StopReason.CANCELLED: Ending(Status.CANCELLED, "", "cancelled"),
     StopReason.SHUTDOWN: Ending(Status.ERROR, "the service shut down before the reply finished"),
 }
+CAPACITY_RETRY_SECONDS = 2
 UNEXPECTED_FAILURE = Ending(
     Status.ERROR, "the generation failed unexpectedly (an internal error); the text so far is kept"
 )
@@ -53,12 +57,41 @@ class Generations:
         self._running: dict[str, Generation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.accepting = True
+        # starts admitted and not yet launched (or refused); the drain waits for them
+        self._admitted = 0
+        self._no_admitted = asyncio.Event()
+        self._no_admitted.set()
 
     def get(self, message_id: str) -> Generation | None:
         return self._running.get(message_id)
 
+    @contextlib.contextmanager
+    def admission(self) -> Iterator[None]:
+        """Room for one more reply, held while it is written and launched; refused before anything is written.
+
+        The drain waits for every admitted start, so none launches after it unseen.
+        """
+        if not self.accepting:
+            raise Unavailable("the service is shutting down; retry on another replica", retry_after=1)
+        limit = self._config.max_active_replies
+        if len(self._running) + self._admitted >= limit:
+            raise Unavailable(
+                f"this replica is running {limit} replies, its limit; retry shortly", retry_after=CAPACITY_RETRY_SECONDS
+            )
+        self._admitted += 1
+        self._no_admitted.clear()
+        try:
+            yield
+        finally:
+            self._admitted -= 1
+            if self._admitted == 0:
+                self._no_admitted.set()
+
     def launch(self, reply: StartedReply) -> Generation:
         generation = Generation(reply)
+        if not self.accepting:
+            # admitted before the drain began and launched after its grace: end it at once, as the drain would
+            generation.request_stop(StopReason.SHUTDOWN)
         self._running[generation.message_id] = generation
         self._batcher.track(generation.message_id, lambda: generation.request_stop(StopReason.LEASE_LOST))
         task = asyncio.create_task(self._run(generation), name=f"generation-{generation.message_id}")
@@ -192,6 +225,9 @@ class Generations:
     async def drain(self, grace: float) -> None:
         """Shutdown: refuse new replies, give running ones `grace` seconds, then end the rest as ERROR."""
         self.accepting = False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._no_admitted.wait()
         tasks = set(self._tasks)
         if not tasks:
             return

@@ -12,7 +12,7 @@ from genservice.generation import FellBehind
 from genservice.generations import Generations
 from genservice.replies import convert, paging, queries
 from genservice.replies.database import Pool
-from genservice.replies.errors import FailedPrecondition, Unavailable
+from genservice.replies.errors import FailedPrecondition, InvalidArgument
 from genservice.replies.follow import follow_message
 from genservice.replies.listener import ListenerHub
 from genservice.replies.records import MessageRecord, Status
@@ -44,11 +44,12 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
         conversation_id = parse_id(request.conversation_id, "conversation_id") if request.conversation_id else None
         request_id = bounded_text(request.request_id, "request_id") or None
         model = bounded_text(request.model, "model") or self._config.openai_model
-        if not self._generations.accepting:
-            raise Unavailable("the service is shutting down; retry on another replica")
-        reply = await self._start(user_id, conversation_id, content, model, request_id, request.interrupt)
-        if reply.created:
-            self._generations.launch(reply)
+        if not self._config.allows(model):
+            raise InvalidArgument(f"model {model!r} is not allowed here")
+        with self._generations.admission():
+            reply = await self._start(user_id, conversation_id, content, model, request_id, request.interrupt)
+            if reply.created:
+                self._generations.launch(reply)
         yield pb.ReplyEvent(
             started=pb.ReplyStarted(message_id=reply.assistant.id, conversation_id=reply.conversation_id)
         )
@@ -118,6 +119,7 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
                     request_id=request_id,
                     owner=self._generations.owner,
                     lease_seconds=self._config.lease_seconds,
+                    max_active_per_user=self._config.max_active_replies_per_user,
                 )
             except writes.RequestRace:
                 assert request_id is not None

@@ -14,12 +14,15 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import DictRow
 
 from genservice.replies.database import Pool
-from genservice.replies.errors import FailedPrecondition, conversation_not_found
+from genservice.replies.errors import FailedPrecondition, ResourceExhausted, conversation_not_found
 from genservice.replies.notices import CHANNEL, Notice
 from genservice.replies.queries import MESSAGE_COLUMNS, SAVED_TEXT, message_of_user
 from genservice.replies.records import MessageRecord, Role, Status, Usage
 
 TITLE_CHARS = 80
+# the first key of the advisory locks that serialise one user's starts
+USER_LOCK_SPACE = 7_205_913
+USER_RETRY_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,12 @@ async def start_reply(
     request_id: str | None,
     owner: str,
     lease_seconds: float,
+    max_active_per_user: int = 0,
 ) -> StartedReply:
-    """One transaction: the user's message, the assistant message (STREAMING, leased), the request key."""
+    """One transaction: the user's message, the assistant message (STREAMING, leased), the request key.
+
+    Past `max_active_per_user` STREAMING replies of the user (0: no limit) nothing is written.
+    """
     async with pool.connection() as conn, conn.transaction():
         if request_id is not None:
             existing = await _reply_for_request(conn, user_id, request_id)
@@ -106,6 +113,8 @@ async def start_reply(
             await conn.execute(
                 "UPDATE conversations SET updated_at = clock_timestamp() WHERE id = %s", (conversation_id,)
             )
+        if max_active_per_user:
+            await _check_user_limit(conn, user_id, max_active_per_user)
         await conn.execute(
             "INSERT INTO messages (id, conversation_id, user_id, role, content, status)"
             " VALUES (%s, %s, %s, 'user', %s, 'complete')",
@@ -139,6 +148,20 @@ async def start_reply(
         )
         history = [(Role(r["role"]), r["content"]) for r in await cursor.fetchall()]
         return StartedReply(conversation_id, assistant, history, created=True)
+
+
+async def _check_user_limit(conn: AsyncConnection[DictRow], user_id: str, limit: int) -> None:
+    # one start of a user at a time counts, so two at once cannot both pass the limit
+    await conn.execute("SELECT pg_advisory_xact_lock(%s::int, hashtext(%s))", (USER_LOCK_SPACE, user_id))
+    cursor = await conn.execute(
+        "SELECT count(*) AS active FROM messages WHERE user_id = %s AND status = 'streaming'", (user_id,)
+    )
+    row = await cursor.fetchone()
+    if row is not None and row["active"] >= limit:
+        raise ResourceExhausted(
+            f"you have {limit} replies streaming, the limit; wait for one to end or stop one",
+            retry_after=USER_RETRY_SECONDS,
+        )
 
 
 async def attach_to_request(pool: Pool, user_id: str, request_id: str) -> StartedReply:
