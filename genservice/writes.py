@@ -85,10 +85,8 @@ async def start_reply(
     Past `max_active_per_user` STREAMING replies of the user (0: no limit) nothing is written.
     """
     async with pool.connection() as conn, conn.transaction():
-        if request_id is not None:
-            existing = await _reply_for_request(conn, user_id, request_id)
-            if existing is not None:
-                return StartedReply(existing.conversation_id, existing, [], created=False)
+        if request_id is not None and (attached := await _attached(conn, user_id, request_id)) is not None:
+            return attached
         if conversation_id is None:
             conversation_id = str(uuid.uuid4())
             await conn.execute(
@@ -101,6 +99,9 @@ async def start_reply(
             )
             if await cursor.fetchone() is None:
                 raise conversation_not_found(conversation_id)
+            # a start with the same key may have committed while this one waited for the conversation
+            if request_id is not None and (attached := await _attached(conn, user_id, request_id)) is not None:
+                return attached
             cursor = await conn.execute(
                 "SELECT id FROM messages WHERE conversation_id = %s AND status = 'streaming'", (conversation_id,)
             )
@@ -166,17 +167,21 @@ async def _check_user_limit(conn: AsyncConnection[DictRow], user_id: str, limit:
 
 async def attach_to_request(pool: Pool, user_id: str, request_id: str) -> StartedReply:
     async with pool.connection() as conn:
-        existing = await _reply_for_request(conn, user_id, request_id)
-    assert existing is not None, "the key was committed by the transaction that won the race"
-    return StartedReply(existing.conversation_id, existing, [], created=False)
+        attached = await _attached(conn, user_id, request_id)
+    assert attached is not None, "the key was committed by the transaction that won the race"
+    return attached
 
 
-async def _reply_for_request(conn: AsyncConnection[DictRow], user_id: str, request_id: str) -> MessageRecord | None:
+async def _attached(conn: AsyncConnection[DictRow], user_id: str, request_id: str) -> StartedReply | None:
+    """The reply already made for this request key, if there is one."""
     cursor = await conn.execute(
         "SELECT message_id FROM request_keys WHERE user_id = %s AND request_id = %s", (user_id, request_id)
     )
     row = await cursor.fetchone()
-    return None if row is None else await message_of_user(conn, user_id, str(row["message_id"]))
+    if row is None:
+        return None
+    existing = await message_of_user(conn, user_id, str(row["message_id"]))
+    return StartedReply(existing.conversation_id, existing, [], created=False)
 
 
 def _title(content: str) -> str:
