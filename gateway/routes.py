@@ -94,8 +94,13 @@ async def list_conversations(request: Request) -> Response:
 async def list_messages(request: Request) -> Response:
     res = resources(request)
     user_id = res.auth.user_id(request)
-    listing = await res.upstream.list_messages(user_id, request.path_params["conversation_id"])
-    return JSONResponse({"messages": [views.message(m) for m in listing.messages]})
+    page_size = parse_page_size(request.query_params.get("page_size"))
+    listing = await res.upstream.list_messages(
+        user_id, request.path_params["conversation_id"], page_size, request.query_params.get("page_token", "")
+    )
+    return JSONResponse(
+        {"messages": [views.message(m) for m in listing.messages], "next_page_token": listing.next_page_token}
+    )
 
 
 async def healthz(request: Request) -> Response:

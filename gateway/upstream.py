@@ -20,6 +20,7 @@ from genservice.v1 import genservice_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # a genservice that comes back is found again within a couple of seconds
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
@@ -30,6 +31,8 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # a reply may be MAX_REPLY_CHARS (2,000,000) characters of up to 4 bytes, in one message
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
 
 
@@ -68,8 +71,12 @@ class Upstream:
             reply: pb.Message = await self._stub.CancelReply(request, timeout=self._timeout, metadata=self._metadata)
         return reply
 
-    async def list_messages(self, user_id: str, conversation_id: str) -> pb.ListMessagesResponse:
-        request = pb.ListMessagesRequest(user_id=user_id, conversation_id=conversation_id)
+    async def list_messages(
+        self, user_id: str, conversation_id: str, page_size: int = 0, page_token: str = ""
+    ) -> pb.ListMessagesResponse:
+        request = pb.ListMessagesRequest(
+            user_id=user_id, conversation_id=conversation_id, page_size=page_size, page_token=page_token
+        )
         with rpc_errors():
             reply: pb.ListMessagesResponse = await self._stub.ListMessages(
                 request, timeout=self._timeout, metadata=self._metadata

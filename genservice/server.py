@@ -45,6 +45,8 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
+    # a reply may be MAX_REPLY_CHARS (2,000,000) characters of up to 4 bytes, in one message
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
 ]
 ENVIRONMENT_HELP = """environment:
   GENSERVICE_ADDR              host:port to listen on (127.0.0.1:50051)

@@ -76,8 +76,13 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
     ) -> pb.ListMessagesResponse:
         user_id = require_user(request.user_id)
         conversation_id = parse_id(request.conversation_id, "conversation_id")
-        records = await queries.list_messages(self._pool, user_id, conversation_id)
-        return pb.ListMessagesResponse(messages=[convert.message_to_pb(r) for r in records])
+        size = paging.page_size(request.page_size, paging.DEFAULT_MESSAGE_PAGE_SIZE, paging.MAX_MESSAGE_PAGE_SIZE)
+        after = paging.decode_seq_token(request.page_token)
+        page = await queries.list_messages(self._pool, user_id, conversation_id, size, after, paging.MESSAGE_PAGE_BYTES)
+        response = pb.ListMessagesResponse(messages=[convert.message_to_pb(r) for r in page.messages])
+        if page.last_seq is not None:
+            response.next_page_token = paging.encode_seq_token(page.last_seq)
+        return response
 
     @rpc
     async def ListConversations(  # noqa: N802

@@ -9,7 +9,7 @@ from psycopg.rows import DictRow
 
 from genservice.replies.database import Pool
 from genservice.replies.errors import conversation_not_found, message_not_found
-from genservice.replies.records import ConversationRecord, MessageRecord, TextAfter
+from genservice.replies.records import ConversationRecord, MessagePage, MessageRecord, TextAfter
 
 MESSAGE_COLUMNS = sql.SQL(
     "m.id, m.conversation_id, m.role, m.content, m.status, m.error, m.model, m.finish_reason,"
@@ -77,7 +77,11 @@ async def read_after(pool: Pool, user_id: str, message_id: str, offset: int) -> 
     return TextAfter(message_id, conversation_id, tail, None)
 
 
-async def list_messages(pool: Pool, user_id: str, conversation_id: str) -> list[MessageRecord]:
+async def list_messages(
+    pool: Pool, user_id: str, conversation_id: str, limit: int, after_seq: int, max_bytes: int
+) -> MessagePage:
+    """Up to `limit` messages after position `after_seq`, oldest first, stopping once `max_bytes` of text
+    is reached (a page holds at least one message), so no answer grows past the gRPC message limit."""
     async with pool.connection() as conn:
         cursor = await conn.execute(
             "SELECT 1 FROM conversations WHERE id = %s AND user_id = %s", (conversation_id, user_id)
@@ -85,10 +89,19 @@ async def list_messages(pool: Pool, user_id: str, conversation_id: str) -> list[
         if await cursor.fetchone() is None:
             raise conversation_not_found(conversation_id)
         cursor = await conn.execute(
-            sql.SQL("SELECT {} FROM messages m WHERE m.conversation_id = %s ORDER BY m.seq").format(MESSAGE_AS_SAVED),
-            (conversation_id,),
+            sql.SQL(
+                "WITH page AS (SELECT m.seq, {columns} FROM messages m"
+                "  WHERE m.conversation_id = %s AND m.seq > %s ORDER BY m.seq LIMIT %s),"
+                " sized AS (SELECT page.*, count(*) OVER () AS page_rows, coalesce(sum(octet_length(content))"
+                "  OVER (ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS bytes_before"
+                "  FROM page)"
+                " SELECT * FROM sized WHERE bytes_before < %s ORDER BY seq"
+            ).format(columns=MESSAGE_AS_SAVED),
+            (conversation_id, after_seq, limit + 1, max_bytes),
         )
-        return [MessageRecord.from_row(row) for row in await cursor.fetchall()]
+        rows = (await cursor.fetchall())[:limit]
+    more = bool(rows) and rows[0]["page_rows"] > len(rows)
+    return MessagePage([MessageRecord.from_row(row) for row in rows], rows[-1]["seq"] if more else None)
 
 
 async def list_conversations(

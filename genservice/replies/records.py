@@ -85,3 +85,12 @@ class TextAfter:
     conversation_id: str
     text: str
     final: MessageRecord | None
+
+
+@dataclass(frozen=True)
+class MessagePage:
+    """One page of a conversation's messages, oldest first."""
+
+    messages: list[MessageRecord]
+    # the position the next page starts after; None on the last page
+    last_seq: int | None

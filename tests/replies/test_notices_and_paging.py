@@ -9,7 +9,7 @@ import pytest
 
 from genservice.replies.errors import InvalidArgument
 from genservice.replies.notices import Notice, says_more_than
-from genservice.replies.paging import decode_token, encode_token, page_size
+from genservice.replies.paging import decode_seq_token, decode_token, encode_seq_token, encode_token, page_size
 from genservice.replies.records import Status
 
 ID = "6f1c7f3e-6a43-4c0e-9d59-8c2b5b1d2f10"
@@ -65,3 +65,11 @@ def test_page_tokens_round_trip_and_bad_ones_are_invalid():
     assert page_size(0) == 20 and page_size(5) == 5 and page_size(10_000) == 100
     with pytest.raises(InvalidArgument):
         page_size(-1)
+
+
+def test_message_page_tokens_round_trip_and_bad_ones_are_invalid():
+    assert decode_seq_token(encode_seq_token(41)) == 41
+    assert decode_seq_token("") == 0
+    for bad in ("%%%", encode_token(datetime(2026, 1, 1, tzinfo=UTC), ID), "eyJhZnRlciI6IC0xfQ"):
+        with pytest.raises(InvalidArgument):
+            decode_seq_token(bad)
