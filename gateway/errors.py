@@ -66,6 +66,10 @@ def unauthenticated(message: str) -> ApiError:
     return ApiError(401, "unauthenticated", message, headers={"WWW-Authenticate": 'Bearer realm="gateway"'})
 
 
+def forbidden(message: str) -> ApiError:
+    return ApiError(403, "permission_denied", message)
+
+
 def unavailable(what: str, retry_after: int = DEFAULT_RETRY_SECONDS) -> ApiError:
     return ApiError(503, "unavailable", f"{what} is unavailable; try again", retry_headers(retry_after))
 

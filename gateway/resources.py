@@ -35,7 +35,12 @@ class Resources:
 
 @asynccontextmanager
 async def open_resources(config: GatewayConfig, metrics: GatewayMetrics, relay: Relay) -> AsyncIterator[Resources]:
-    auth = Authenticator(config.jwt_secret)
+    auth = Authenticator(
+        config.jwt_secret,
+        issuer=config.jwt_issuer,
+        audience=config.jwt_audience,
+        allowed_origins=config.allowed_origins,
+    )
     if auth.development:
         log.warning("GATEWAY_JWT_SECRET is unset: development mode, every request is the user %r", DEV_USER)
     elif config.short_secret:

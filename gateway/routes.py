@@ -36,7 +36,7 @@ def resources(request: Request) -> Resources:
 async def post_reply(request: Request) -> Response:
     res = resources(request)
     user_id = res.auth.user_id(request)
-    reply = ReplyRequest.from_json(await read_json(request, res.config.max_body_bytes))
+    reply = ReplyRequest.from_json(await read_json(request, res.config.max_body_bytes, res.config.body_timeout_seconds))
     if len(reply.content) > res.config.max_content_chars:
         raise content_too_large(len(reply.content), res.config.max_content_chars)
     events = res.upstream.stream_reply(
