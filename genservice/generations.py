@@ -43,6 +43,7 @@ class Generations:
         self,
         config: GenServiceConfig,
         pool: Pool,
+        writer: Pool,
         hub: ListenerHub,
         client: openai.AsyncOpenAI,
         batcher: SaveBatcher,
@@ -50,6 +51,8 @@ class Generations:
     ) -> None:
         self._config = config
         self._pool = pool
+        # the ends' own connections, apart from request traffic
+        self._writer = writer
         self._hub = hub
         self._client = client
         self._batcher = batcher
@@ -57,6 +60,8 @@ class Generations:
         self._running: dict[str, Generation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.accepting = True
+        # set once the drain stopped waiting for admitted starts: a start launched later is not waited for
+        self._drained_admissions = False
         # starts admitted and not yet launched (or refused); the drain waits for them
         self._admitted = 0
         self._no_admitted = asyncio.Event()
@@ -89,8 +94,8 @@ class Generations:
 
     def launch(self, reply: StartedReply) -> Generation:
         generation = Generation(reply)
-        if not self.accepting:
-            # admitted before the drain began and launched after its grace: end it at once, as the drain would
+        if self._drained_admissions:
+            # admitted before the drain began, launched after it stopped waiting: end it now, as the drain would
             generation.request_stop(StopReason.SHUTDOWN)
         self._running[generation.message_id] = generation
         self._batcher.track(generation.message_id, lambda: generation.request_stop(StopReason.LEASE_LOST))
@@ -210,7 +215,7 @@ class Generations:
         backoff = Backoff()
         while True:
             try:
-                record = await finish_reply(self._pool, generation.message_id, self.owner, generation.text, ending)
+                record = await finish_reply(self._writer, generation.message_id, self.owner, generation.text, ending)
                 break
             except DATABASE_ERRORS as exc:
                 log.warning("message %s: saving the end failed (%s); retrying", generation.message_id, exc)
@@ -228,6 +233,7 @@ class Generations:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 await self._no_admitted.wait()
+        self._drained_admissions = True
         tasks = set(self._tasks)
         if not tasks:
             return

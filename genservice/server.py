@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
 RPC_GRACE_SECONDS = 2.0
+# the save batcher's one connection, and room for ends written at the same moment
+WRITER_CONNECTIONS = 4
 SERVER_OPTIONS = [
     # the gateway pings an idle channel every 20 s (keepalive), so that a dead peer is noticed
     ("grpc.keepalive_permit_without_calls", 1),
@@ -84,6 +86,8 @@ async def running_service(config: GenServiceConfig) -> AsyncIterator[RunningServ
     with postgres_url(config.database_url) as url:
         async with AsyncExitStack() as stack:
             pool = await stack.enter_async_context(open_pool(url, "genservice"))
+            # saves, lease renewals and ends never wait behind request traffic: connections of their own
+            writer = await stack.enter_async_context(open_pool(url, "genservice-writer", WRITER_CONNECTIONS))
             await migrate(pool)
             hub = await stack.enter_async_context(ListenerHub(url, "genservice-listener"))
             client = make_client(
@@ -91,14 +95,14 @@ async def running_service(config: GenServiceConfig) -> AsyncIterator[RunningServ
             )
             stack.push_async_callback(client.close)
             batcher = SaveBatcher(
-                pool,
+                writer,
                 owner,
                 save_every_chars=config.save_every_chars,
                 max_delay=config.save_max_delay,
                 lease_seconds=config.lease_seconds,
             )
             saver = await stack.enter_async_context(background("save-batcher", batcher.run))
-            generations = Generations(config, pool, hub, client, batcher, owner)
+            generations = Generations(config, pool, writer, hub, client, batcher, owner)
             sweeper = await stack.enter_async_context(
                 background(
                     "sweeper",

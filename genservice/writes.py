@@ -279,14 +279,30 @@ async def end_expired(pool: Pool, sweeper: str, running: Sequence[str], error: s
 async def _end_from_saves(
     pool: Pool, status: Status, error: str, condition: sql.Composable, params: list[object]
 ) -> list[MessageRecord]:
+    """End the streaming messages that meet `condition` with their saved text, every committed save of it.
+
+    The rows are locked first: a save holds its message's row until it commits (save_pieces updates the
+    row before it inserts), so once the locks are held no save is in flight, and the next statement's
+    snapshot holds every save that committed; a later one finds the message ended and writes nothing.
+    Only then are the saves copied into the message and deleted, in this one transaction.
+    """
     async with pool.connection() as conn, conn.transaction():
+        cursor = await conn.execute(
+            sql.SQL("SELECT m.id FROM messages m WHERE {condition} AND m.status = 'streaming' FOR UPDATE").format(
+                condition=condition
+            ),
+            params,
+        )
+        ids = [row["id"] for row in await cursor.fetchall()]
+        if not ids:
+            return []
         cursor = await conn.execute(
             sql.SQL(
                 "UPDATE messages AS m SET status = %s, error = %s, content = {saved},"
                 " lease_owner = NULL, lease_expires_at = NULL, updated_at = clock_timestamp()"
-                " WHERE {condition} AND m.status = 'streaming' RETURNING {columns}"
-            ).format(saved=SAVED_TEXT, condition=condition, columns=MESSAGE_COLUMNS),
-            [status.value, error, *params],
+                " WHERE m.id = ANY(%s) AND m.status = 'streaming' RETURNING {columns}"
+            ).format(saved=SAVED_TEXT, columns=MESSAGE_COLUMNS),
+            [status.value, error, ids],
         )
         records = [MessageRecord.from_row(row) for row in await cursor.fetchall()]
         await _after_end(conn, records)
