@@ -105,11 +105,11 @@ async def test_the_cancel_fallback_keeps_a_save_that_commits_while_it_waits(stub
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as owner:
         # wait for the stop to be recorded, then save as the owner would, holding the row until the fallback waits
         async with asyncio.timeout(10):
-            while not (
-                await (
-                    await owner.execute("SELECT cancel_requested FROM messages WHERE id = %s", (message_id,))
-                ).fetchone()
-            )[0]:
+            while True:
+                cursor = await owner.execute("SELECT cancel_requested FROM messages WHERE id = %s", (message_id,))
+                row = await cursor.fetchone()
+                if row is not None and row[0]:
+                    break
                 await asyncio.sleep(0.02)
         async with owner.transaction():
             await owner.execute("UPDATE messages SET saved_length = 11 WHERE id = %s", (message_id,))
