@@ -53,7 +53,7 @@ class _HeaderDeadlineProtocol(H11Protocol):
     def _headers_late(self) -> None:
         self._header_timer = None
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            self.logger.info("closing a connection whose request headers did not arrive in %.0fs", self.header_timeout)
+            self.logger.debug("closing a connection whose request headers did not arrive in %.0fs", self.header_timeout)
             self.transport.close()
 
 
