@@ -1,22 +1,36 @@
-"""The gateway's HTTP/1.1 protocol: uvicorn's h11 protocol with a deadline for a request's headers.
+"""The gateway's HTTP/1.1 protocol: uvicorn's h11 protocol with a header deadline and a connection limit.
 
 uvicorn bounds only the idle time between requests; a client that opens a connection and sends its
 headers a byte at a time (slowloris) would hold the connection forever. Here the headers of each
 request must be complete within the timeout, counted from the connection's opening or the end of the
-previous response, or the connection is closed.
+previous response, or the connection is closed. A connection past the limit is answered 503 with
+Retry-After at once and closed, before it costs anything more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+FULL_RETRY_SECONDS = 1
+_FULL_BODY = json.dumps(
+    {"error": {"code": "unavailable", "message": "the gateway has too many open connections; try again"}}
+).encode()
+FULL_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    + f"retry-after: {FULL_RETRY_SECONDS}\r\ncontent-length: {len(_FULL_BODY)}\r\n".encode()
+    + b"connection: close\r\n\r\n"
+    + _FULL_BODY
+)
 
-class _HeaderDeadlineProtocol(H11Protocol):
+
+class _GuardedProtocol(H11Protocol):
     header_timeout: float = 10.0
+    max_connections: int = 2000
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -24,6 +38,10 @@ class _HeaderDeadlineProtocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            transport.write(FULL_RESPONSE)
+            transport.close()
+            return
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -57,6 +75,7 @@ class _HeaderDeadlineProtocol(H11Protocol):
             self.transport.close()
 
 
-def protocol_with_header_timeout(seconds: float) -> type[H11Protocol]:
-    """The protocol class for uvicorn's `http` setting, with this header deadline."""
-    return type("HeaderDeadlineProtocol", (_HeaderDeadlineProtocol,), {"header_timeout": seconds})
+def guarded_protocol(header_timeout: float, max_connections: int) -> type[H11Protocol]:
+    """The protocol class for uvicorn's `http` setting, with this header deadline and connection limit."""
+    settings = {"header_timeout": header_timeout, "max_connections": max_connections}
+    return type("GuardedProtocol", (_GuardedProtocol,), settings)

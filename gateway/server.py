@@ -23,7 +23,7 @@ import uvicorn
 
 from gateway.app import Gateway, create_gateway
 from gateway.config import GatewayConfig
-from gateway.protocol import protocol_with_header_timeout
+from gateway.protocol import guarded_protocol
 from genservice.replies.settings import ConfigError
 
 log = logging.getLogger(__name__)
@@ -158,8 +158,7 @@ async def running_gateway(config: GatewayConfig, *, handle_signals: bool = False
             gateway.app,
             lifespan="on",
             log_config=None,
-            http=protocol_with_header_timeout(config.header_timeout_seconds),
-            limit_concurrency=config.max_connections,
+            http=guarded_protocol(config.header_timeout_seconds, config.max_connections),
             access_log=False,
             timeout_graceful_shutdown=math.ceil(config.shutdown_grace_seconds + FLUSH_SECONDS),
         ),
