@@ -27,7 +27,6 @@ class Supervised:
         self.name = name
         self._work = work
         self.failures = 0
-        self.restarts = 0
 
     @property
     def healthy(self) -> bool:
@@ -49,7 +48,6 @@ class Supervised:
                 with contextlib.suppress(asyncio.CancelledError):
                     await attempt
             self.failures += 1
-            self.restarts += 1
             if not self.healthy:
                 log.error("%s failed %d times in a row: reported unhealthy, still restarting", self.name, self.failures)
             await backoff.wait()
