@@ -109,9 +109,14 @@ async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "draining"}, status_code=503)
     timeout = res.config.health_timeout_seconds
     postgres, genservice = await asyncio.gather(_postgres_answers(res, timeout), res.upstream.serving(timeout))
-    if postgres and genservice:
+    # the LISTEN connection may be reconnecting (streams then re-read Postgres); unhealthy means it keeps failing
+    listener = res.hub.healthy
+    if postgres and genservice and listener:
         return JSONResponse({"status": "ok"})
-    checks = {"postgres": "ok" if postgres else "unavailable", "genservice": "ok" if genservice else "unavailable"}
+    checks = {
+        name: "ok" if up else "unavailable"
+        for name, up in (("postgres", postgres), ("genservice", genservice), ("listener", listener))
+    }
     return JSONResponse({"status": "unavailable", "checks": checks}, status_code=503)
 
 

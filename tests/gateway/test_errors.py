@@ -143,7 +143,7 @@ async def test_an_unreachable_genservice_is_503_at_once(database_url: str) -> No
         assert_error(await client.get(f"/v1/messages/{uuid.uuid4()}"), 503, "unavailable")
         health = await client.get("/healthz")
         assert health.status_code == 503
-        assert health.json()["checks"] == {"postgres": "ok", "genservice": "unavailable"}
+        assert health.json()["checks"] == {"postgres": "ok", "genservice": "unavailable", "listener": "ok"}
         # resuming is served from Postgres, so it does not need genservice: an unknown message is still a 404
         assert_error(await client.get(f"/v1/messages/{uuid.uuid4()}/events"), 404)
 
