@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -12,11 +13,26 @@ from genservice.replies.settings import (
     env_float,
     env_int,
     env_optional,
+    env_secret,
     env_str,
 )
 
 # RFC 7518 §3.2: an HS256 key has at least 256 bits
 MIN_SECRET_BYTES = 32
+
+
+def env_origins(env: Mapping[str, str], name: str) -> frozenset[str]:
+    """Comma-separated origins such as https://chat.example.com, compared as a browser sends them."""
+    origins = set()
+    for part in env.get(name, "").split(","):
+        origin = part.strip().rstrip("/").lower()
+        if not origin:
+            continue
+        scheme, sep, host = origin.partition("://")
+        if scheme not in ("http", "https") or not sep or not host or "/" in host:
+            raise ConfigError(f"{name}: {part.strip()!r} is not an origin such as https://chat.example.com")
+        origins.add(origin)
+    return frozenset(origins)
 
 
 @dataclass(frozen=True)
@@ -27,7 +43,21 @@ class GatewayConfig:
     database_url: str | None = field(default=None, repr=False)
     # None: development mode, every request is the user `dev`
     jwt_secret: str | None = field(default=None, repr=False)
+    # sent to genservice on every call; None: genservice runs without one (loopback only)
+    genservice_token: str | None = field(default=None, repr=False)
+    # PEM file of the CA that signed genservice's certificate: set, the channel uses TLS
+    genservice_tls_ca: str | None = None
+    # when set, a token's iss / aud must match
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    # origins besides the gateway's own that may make cookie-authenticated POSTs
+    allowed_origins: frozenset[str] = frozenset()
     max_body_bytes: int = 256 * 1024
+    # a request's headers must arrive within this, and a JSON body within body_timeout_seconds
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
+    # open connections at most (streams included); past it uvicorn answers 503
+    max_connections: int = 2000
     # a longer user message is refused here with 413 (genservice reads the same variable)
     max_content_chars: int = 32_000
     # an idle stream gets a `: ping` comment this often
@@ -64,8 +94,18 @@ class GatewayConfig:
             addr=env_addr(env, "GATEWAY_ADDR", cls.addr),
             genservice_target=env_str(env, "GENSERVICE_TARGET", cls.genservice_target),
             database_url=env_database_url(env),
-            jwt_secret=env_optional(env, "GATEWAY_JWT_SECRET"),
+            jwt_secret=env_secret(env, "GATEWAY_JWT_SECRET"),
+            genservice_token=env_secret(env, "GENSERVICE_TOKEN"),
+            genservice_tls_ca=env_optional(env, "GENSERVICE_TLS_CA"),
+            jwt_issuer=env_optional(env, "GATEWAY_JWT_ISSUER"),
+            jwt_audience=env_optional(env, "GATEWAY_JWT_AUDIENCE"),
+            allowed_origins=env_origins(env, "GATEWAY_ALLOWED_ORIGINS"),
             max_body_bytes=env_int(env, "MAX_BODY_BYTES", cls.max_body_bytes),
+            header_timeout_seconds=env_float(
+                env, "GATEWAY_HEADER_TIMEOUT_SECONDS", cls.header_timeout_seconds, minimum=0.1
+            ),
+            body_timeout_seconds=env_float(env, "GATEWAY_BODY_TIMEOUT_SECONDS", cls.body_timeout_seconds, minimum=0.1),
+            max_connections=env_int(env, "GATEWAY_MAX_CONNECTIONS", cls.max_connections),
             max_content_chars=env_int(env, "MAX_CONTENT_CHARS", cls.max_content_chars),
             ping_seconds=env_float(env, "PING_SECONDS", cls.ping_seconds, minimum=0.01),
             shutdown_grace_seconds=env_float(env, "SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds),
@@ -76,6 +116,8 @@ class GatewayConfig:
             pool_size=env_int(env, "GATEWAY_POOL_SIZE", cls.pool_size),
             name=env_str(env, "GATEWAY_NAME", cls.name),
         )
+        if config.genservice_tls_ca is not None and not os.path.isfile(config.genservice_tls_ca):
+            raise ConfigError(f"GENSERVICE_TLS_CA: no such file {config.genservice_tls_ca!r}")
         if len(config.name) > 40 or not config.name.isprintable():
             raise ConfigError(f"GATEWAY_NAME must be at most 40 printable characters, got {config.name!r}")
         return config

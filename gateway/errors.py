@@ -12,7 +12,7 @@ import grpc
 import psycopg
 from starlette.responses import JSONResponse
 
-from genservice.replies.errors import ServiceError
+from genservice.replies.errors import RETRY_AFTER_KEY, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ RPC_STATUS = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 503,
 }
+# a Retry-After for a 429 or 503 that came with no hint of its own
+DEFAULT_RETRY_SECONDS = 1
 GENERIC_MESSAGES = {
     500: "internal error",
     503: "the service is unavailable; try again",
@@ -64,24 +66,48 @@ def unauthenticated(message: str) -> ApiError:
     return ApiError(401, "unauthenticated", message, headers={"WWW-Authenticate": 'Bearer realm="gateway"'})
 
 
-def unavailable(what: str) -> ApiError:
-    return ApiError(503, "unavailable", f"{what} is unavailable; try again")
+def forbidden(message: str) -> ApiError:
+    return ApiError(403, "permission_denied", message)
+
+
+def unavailable(what: str, retry_after: int = DEFAULT_RETRY_SECONDS) -> ApiError:
+    return ApiError(503, "unavailable", f"{what} is unavailable; try again", retry_headers(retry_after))
+
+
+def retry_headers(seconds: int) -> dict[str, str]:
+    return {"Retry-After": str(seconds)}
 
 
 def from_rpc_error(err: grpc.aio.AioRpcError) -> ApiError:
-    return from_status(err.code(), err.details() or "")
+    return from_status(err.code(), err.details() or "", _retry_after(err))
 
 
-def from_status(code: grpc.StatusCode, details: str) -> ApiError:
-    """A gRPC status as a client sees it: the table's HTTP status, and no internal detail on a 5xx."""
+def _retry_after(err: grpc.aio.AioRpcError) -> int | None:
+    """genservice's retry hint (whole seconds), when it gave one."""
+    for key, value in err.trailing_metadata() or ():
+        text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+        if key == RETRY_AFTER_KEY and text.isascii() and text.isdigit() and len(text) < 6:
+            return int(text)
+    return None
+
+
+def from_status(code: grpc.StatusCode, details: str, retry_after: int | None = None) -> ApiError:
+    """A gRPC status as a client sees it: the table's HTTP status, and no internal detail on a 5xx.
+
+    A refusal with a retry hint is genservice's own (a limit, a drain), so its message is shown.
+    429 and 503 always carry Retry-After.
+    """
     status = RPC_STATUS.get(code, 500)
     name = code.name.lower() if isinstance(code, grpc.StatusCode) else "internal"
+    headers = retry_headers(retry_after or DEFAULT_RETRY_SECONDS) if status in (429, 503) else None
+    if headers is not None and retry_after is not None:
+        return ApiError(status, name, details or name, headers)
     if status >= 500:
         log.warning("genservice answered %s: %s", name, details)
         if status == 503:
             return unavailable("genservice")
         return ApiError(500, "internal", GENERIC_MESSAGES[500])
-    return ApiError(status, name, details or name)
+    return ApiError(status, name, details or name, headers)
 
 
 def from_exception(exc: BaseException) -> ApiError:
@@ -91,7 +117,7 @@ def from_exception(exc: BaseException) -> ApiError:
     if isinstance(exc, grpc.aio.AioRpcError):
         return from_rpc_error(exc)
     if isinstance(exc, ServiceError):
-        return from_status(exc.code, str(exc))
+        return from_status(exc.code, str(exc), exc.retry_after)
     if isinstance(exc, psycopg.OperationalError):
         log.warning("Postgres is unavailable: %s: %s", type(exc).__name__, exc)
         return unavailable("the database")

@@ -42,8 +42,18 @@ class HubCollector(Collector):
         yield CounterMetricFamily(
             "gateway_listener_notices", "Notifications received on the LISTEN connection", self._hub.notices_received
         )
+        yield CounterMetricFamily(
+            "gateway_listener_notices_dropped",
+            "Payloads on the channel that were not a valid notice, logged and dropped",
+            self._hub.notices_dropped,
+        )
         yield GaugeMetricFamily(
             "gateway_listener_connected", "1 while the LISTEN connection is up", 1 if self._hub.connected else 0
+        )
+        yield GaugeMetricFamily(
+            "gateway_listener_healthy",
+            "0 when the listener keeps failing on something unexpected",
+            int(self._hub.healthy),
         )
         yield GaugeMetricFamily(
             "gateway_listener_subscriptions", "Streams subscribed to notifications", self._hub.subscription_count

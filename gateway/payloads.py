@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ from gateway.errors import ApiError, bad_request, unprocessable
 
 JSON_MEDIA_TYPES = ("application/json",)
 MAX_OFFSET = 2**62
+BODY_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,9 @@ def is_json_media_type(content_type: str | None) -> bool:
     return media_type in JSON_MEDIA_TYPES or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
-async def read_json(request: Request, limit: int) -> object:
-    """The request's JSON body: 400 when it is not JSON, 413 past `limit` bytes (read no further than that)."""
+async def read_json(request: Request, limit: int, timeout: float = BODY_TIMEOUT_SECONDS) -> object:
+    """The request's JSON body: 400 when it is not JSON or not valid Unicode, 413 past `limit` bytes (read no
+    further than that), 408 when it does not arrive within `timeout` seconds."""
     if not is_json_media_type(request.headers.get("content-type")):
         raise bad_request("the body must be JSON, sent with Content-Type: application/json")
     declared = request.headers.get("content-length")
@@ -76,15 +79,24 @@ async def read_json(request: Request, limit: int) -> object:
         raise too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks))
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", f"the body did not arrive within {timeout:g} seconds") from None
+    try:
+        body = json.loads(b"".join(chunks))
+        # a lone surrogate escape ("\ud800") parses, but is no Unicode text: nothing could store or send it
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise bad_request("the body holds an escape that is not Unicode text (a lone surrogate)") from None
     except (ValueError, RecursionError):
         raise bad_request("the body is not valid JSON") from None
+    return body
 
 
 def parse_offset(value: str, source: str) -> int:

@@ -38,14 +38,19 @@ class Resources:
 
 @asynccontextmanager
 async def open_resources(config: GatewayConfig, metrics: GatewayMetrics, relay: Relay) -> AsyncIterator[Resources]:
-    auth = Authenticator(config.jwt_secret)
+    auth = Authenticator(
+        config.jwt_secret,
+        issuer=config.jwt_issuer,
+        audience=config.jwt_audience,
+        allowed_origins=config.allowed_origins,
+    )
     if auth.development:
         log.warning("GATEWAY_JWT_SECRET is unset: development mode, every request is the user %r", DEV_USER)
     elif config.short_secret:
         log.warning("GATEWAY_JWT_SECRET is shorter than %d bytes, too short for HS256", MIN_SECRET_BYTES)
     async with AsyncExitStack() as stack:
         url = stack.enter_context(postgres_url(config.database_url))
-        channel = await stack.enter_async_context(open_channel(config.genservice_target))
+        channel = await stack.enter_async_context(open_channel(config.genservice_target, config.genservice_tls_ca))
         pool = await stack.enter_async_context(open_pool(url, config.name, config.pool_size))
         hub = await stack.enter_async_context(ListenerHub(url, config.listener_name))
         if not hub.connected:
@@ -56,7 +61,7 @@ async def open_resources(config: GatewayConfig, metrics: GatewayMetrics, relay: 
         log.info("gateway resources open: genservice at %s, pool %r", config.genservice_target, config.name)
         yield Resources(
             config=config,
-            upstream=Upstream(channel, config.genservice_timeout_seconds),
+            upstream=Upstream(channel, config.genservice_timeout_seconds, config.genservice_token),
             pool=pool,
             hub=hub,
             auth=auth,

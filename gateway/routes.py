@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 async def post_reply(request: Request) -> Response:
     res = resources(request)
     user_id = res.auth.user_id(request)
-    reply = ReplyRequest.from_json(await read_json(request, res.config.max_body_bytes))
+    reply = ReplyRequest.from_json(await read_json(request, res.config.max_body_bytes, res.config.body_timeout_seconds))
     if len(reply.content) > res.config.max_content_chars:
         raise content_too_large(len(reply.content), res.config.max_content_chars)
     events = res.upstream.stream_reply(
@@ -91,8 +91,13 @@ async def list_conversations(request: Request) -> Response:
 async def list_messages(request: Request) -> Response:
     res = resources(request)
     user_id = res.auth.user_id(request)
-    listing = await res.upstream.list_messages(user_id, request.path_params["conversation_id"])
-    return JSONResponse({"messages": [views.message(m) for m in listing.messages]})
+    page_size = parse_page_size(request.query_params.get("page_size"))
+    listing = await res.upstream.list_messages(
+        user_id, request.path_params["conversation_id"], page_size, request.query_params.get("page_token", "")
+    )
+    return JSONResponse(
+        {"messages": [views.message(m) for m in listing.messages], "next_page_token": listing.next_page_token}
+    )
 
 
 async def healthz(request: Request) -> Response:
@@ -101,9 +106,14 @@ async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "draining"}, status_code=503)
     timeout = res.config.health_timeout_seconds
     postgres, genservice = await asyncio.gather(_postgres_answers(res, timeout), res.upstream.serving(timeout))
-    if postgres and genservice:
+    # the LISTEN connection may be reconnecting (streams then re-read Postgres); unhealthy means it keeps failing
+    listener = res.hub.healthy
+    if postgres and genservice and listener:
         return JSONResponse({"status": "ok"})
-    checks = {"postgres": "ok" if postgres else "unavailable", "genservice": "ok" if genservice else "unavailable"}
+    checks = {
+        name: "ok" if up else "unavailable"
+        for name, up in (("postgres", postgres), ("genservice", genservice), ("listener", listener))
+    }
     return JSONResponse({"status": "unavailable", "checks": checks}, status_code=503)
 
 

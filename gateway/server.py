@@ -23,6 +23,7 @@ import uvicorn
 
 from gateway.app import Gateway, create_gateway
 from gateway.config import GatewayConfig
+from gateway.protocol import guarded_protocol
 from genservice.replies.settings import ConfigError
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,15 @@ environment:
   GATEWAY_ADDR                 host:port to listen on (127.0.0.1:8080)
   GENSERVICE_TARGET            where genservice listens (127.0.0.1:50051)
   DATABASE_URL                 Postgres (unset: the embedded Postgres in .data/)
-  GATEWAY_JWT_SECRET           HS256 secret; unset: development mode, one user `dev`
+  GATEWAY_JWT_SECRET           HS256 secret; unset: development mode, one user `dev` (only blanks: refused)
+  GATEWAY_JWT_ISSUER, GATEWAY_JWT_AUDIENCE   when set, a token's iss / aud must match
+  GATEWAY_ALLOWED_ORIGINS      origins (comma-separated) besides the gateway's own that may POST with the cookie
+  GENSERVICE_TOKEN             sent to genservice on every call (unset: none sent)
+  GENSERVICE_TLS_CA            PEM CA of genservice's certificate: the channel uses TLS (unset: plaintext)
   MAX_BODY_BYTES               largest request body (262144)
+  GATEWAY_HEADER_TIMEOUT_SECONDS   a request's headers must arrive within this (10)
+  GATEWAY_BODY_TIMEOUT_SECONDS     and its JSON body within this (30)
+  GATEWAY_MAX_CONNECTIONS      open connections at most, streams included; past it 503 (2000)
   MAX_CONTENT_CHARS            longest user message; a longer one is 413 (32000)
   PING_SECONDS                 `: ping` comment interval on idle streams (15)
   SHUTDOWN_GRACE_SECONDS       time open streams get to end on shutdown (10)
@@ -150,6 +158,7 @@ async def running_gateway(config: GatewayConfig, *, handle_signals: bool = False
             gateway.app,
             lifespan="on",
             log_config=None,
+            http=guarded_protocol(config.header_timeout_seconds, config.max_connections),
             access_log=False,
             timeout_graceful_shutdown=math.ceil(config.shutdown_grace_seconds + FLUSH_SECONDS),
         ),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -19,23 +20,37 @@ from genservice.v1 import genservice_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # a genservice that comes back is found again within a couple of seconds
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    # a genservice that vanished without closing the connection (a partition) is noticed in about 30 s
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # a reply may be MAX_REPLY_CHARS (2,000,000) characters of up to 4 bytes, in one message
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
 
 
+def bearer_metadata(token: str) -> tuple[tuple[str, str]]:
+    """What genservice checks on every call when it runs with GENSERVICE_TOKEN."""
+    return (("authorization", f"Bearer {token}"),)
+
+
 class Upstream:
-    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float, token: str | None) -> None:
         self._stub = pb_grpc.GenerationServiceStub(channel)
         self._health = health_pb2_grpc.HealthStub(channel)
         self._timeout = timeout
+        self._metadata = bearer_metadata(token) if token is not None else ()
 
     async def stream_reply(self, request: pb.StreamReplyRequest) -> AsyncIterator[pb.ReplyEvent]:
         """The reply's events. Closing this iterator cancels the call only: the reply goes on in genservice."""
-        call = self._stub.StreamReply(request)
+        call = self._stub.StreamReply(request, metadata=self._metadata)
         try:
             async for event in call:
                 yield event
@@ -47,25 +62,33 @@ class Upstream:
     async def get_message(self, user_id: str, message_id: str) -> pb.Message:
         request = pb.GetMessageRequest(user_id=user_id, message_id=message_id)
         with rpc_errors():
-            reply: pb.Message = await self._stub.GetMessage(request, timeout=self._timeout)
+            reply: pb.Message = await self._stub.GetMessage(request, timeout=self._timeout, metadata=self._metadata)
         return reply
 
     async def cancel_reply(self, user_id: str, message_id: str) -> pb.Message:
         request = pb.CancelReplyRequest(user_id=user_id, message_id=message_id)
         with rpc_errors():
-            reply: pb.Message = await self._stub.CancelReply(request, timeout=self._timeout)
+            reply: pb.Message = await self._stub.CancelReply(request, timeout=self._timeout, metadata=self._metadata)
         return reply
 
-    async def list_messages(self, user_id: str, conversation_id: str) -> pb.ListMessagesResponse:
-        request = pb.ListMessagesRequest(user_id=user_id, conversation_id=conversation_id)
+    async def list_messages(
+        self, user_id: str, conversation_id: str, page_size: int = 0, page_token: str = ""
+    ) -> pb.ListMessagesResponse:
+        request = pb.ListMessagesRequest(
+            user_id=user_id, conversation_id=conversation_id, page_size=page_size, page_token=page_token
+        )
         with rpc_errors():
-            reply: pb.ListMessagesResponse = await self._stub.ListMessages(request, timeout=self._timeout)
+            reply: pb.ListMessagesResponse = await self._stub.ListMessages(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         return reply
 
     async def list_conversations(self, user_id: str, page_size: int, page_token: str) -> pb.ListConversationsResponse:
         request = pb.ListConversationsRequest(user_id=user_id, page_size=page_size, page_token=page_token)
         with rpc_errors():
-            reply: pb.ListConversationsResponse = await self._stub.ListConversations(request, timeout=self._timeout)
+            reply: pb.ListConversationsResponse = await self._stub.ListConversations(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         return reply
 
     async def serving(self, timeout: float) -> bool:
@@ -87,8 +110,13 @@ def rpc_errors() -> Iterator[None]:
 
 
 @asynccontextmanager
-async def open_channel(target: str) -> AsyncIterator[grpc.aio.Channel]:
-    channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+async def open_channel(target: str, tls_ca: str | None = None) -> AsyncIterator[grpc.aio.Channel]:
+    """Plaintext, or TLS verified against the CA in the PEM file `tls_ca`."""
+    if tls_ca is None:
+        channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    else:
+        credentials = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())
+        channel = grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
     try:
         yield channel
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -12,15 +14,23 @@ from genservice.replies.settings import (
     env_float,
     env_int,
     env_optional,
+    env_secret,
     env_str,
 )
 
 DEMO_LLM_DEFAULT_ADDR = "127.0.0.1:8181"
+# replies one process runs at once: what one core carried with latency still bounded (see README)
+DEFAULT_MAX_ACTIVE_REPLIES = 500
 
 
 @dataclass(frozen=True)
 class GenServiceConfig:
     addr: str = "127.0.0.1:50051"
+    # None: every caller is trusted, allowed on a loopback address only
+    token: str | None = field(default=None, repr=False)
+    # PEM files: both set, genservice serves TLS; neither, plaintext
+    tls_cert: str | None = None
+    tls_key: str | None = None
     # None: the embedded Postgres in .data/
     database_url: str | None = field(default=None, repr=False)
     openai_base_url: str = f"http://{DEMO_LLM_DEFAULT_ADDR}/v1"
@@ -35,6 +45,15 @@ class GenServiceConfig:
     model_max_retries: int = 2
     max_reply_chars: int = 2_000_000
     max_content_chars: int = 32_000
+    # STREAMING replies one user may have at once (0: no limit)
+    max_active_replies_per_user: int = 8
+    # replies this process runs at once
+    max_active_replies: int = DEFAULT_MAX_ACTIVE_REPLIES
+    # models a request may name; {"*"}: any; empty: openai_model alone
+    allowed_models: frozenset[str] = frozenset()
+
+    def allows(self, model: str) -> bool:
+        return "*" in self.allowed_models or model in (self.allowed_models or {self.openai_model})
 
     @property
     def sweep_interval(self) -> float:
@@ -60,5 +79,42 @@ class GenServiceConfig:
             model_max_retries=env_int(env, "MODEL_MAX_RETRIES", cls.model_max_retries, minimum=0),
             max_reply_chars=env_int(env, "MAX_REPLY_CHARS", cls.max_reply_chars),
             max_content_chars=env_int(env, "MAX_CONTENT_CHARS", cls.max_content_chars),
+            token=env_secret(env, "GENSERVICE_TOKEN"),
+            tls_cert=env_optional(env, "GENSERVICE_TLS_CERT"),
+            tls_key=env_optional(env, "GENSERVICE_TLS_KEY"),
+            max_active_replies_per_user=env_int(
+                env, "MAX_ACTIVE_REPLIES_PER_USER", cls.max_active_replies_per_user, minimum=0
+            ),
+            max_active_replies=env_int(env, "MAX_ACTIVE_REPLIES", cls.max_active_replies),
+            allowed_models=env_models(env, "ALLOWED_MODELS"),
         )
+        if (config.tls_cert is None) != (config.tls_key is None):
+            raise ConfigError("GENSERVICE_TLS_CERT and GENSERVICE_TLS_KEY go together: set both, or neither")
+        for name, path in (("GENSERVICE_TLS_CERT", config.tls_cert), ("GENSERVICE_TLS_KEY", config.tls_key)):
+            if path is not None and not os.path.isfile(path):
+                raise ConfigError(f"{name}: no such file {path!r}")
+        if config.token is None and not is_loopback(config.addr):
+            raise ConfigError(
+                f"GENSERVICE_ADDR {config.addr} is reachable from other machines: set GENSERVICE_TOKEN,"
+                " or listen on a loopback address such as 127.0.0.1"
+            )
         return config
+
+
+def env_models(env: Mapping[str, str], name: str) -> frozenset[str]:
+    """A comma-separated list of model names, or `*` for any; unset: empty (OPENAI_MODEL alone)."""
+    raw = env.get(name, "")
+    names = frozenset(part.strip() for part in raw.split(",") if part.strip())
+    if "*" in names and len(names) > 1:
+        raise ConfigError(f"{name}: `*` (any model) cannot be mixed with names, got {raw!r}")
+    return names
+
+
+def is_loopback(addr: str) -> bool:
+    host = addr.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

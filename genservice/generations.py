@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 
 import openai
 
@@ -19,6 +20,7 @@ from genservice.model import ModelFailure, stream_reply
 from genservice.replies import queries
 from genservice.replies.backoff import Backoff
 from genservice.replies.database import DATABASE_ERRORS, Pool
+from genservice.replies.errors import Unavailable
 from genservice.replies.listener import ListenerHub, Subscription
 from genservice.replies.records import Status, Usage
 from genservice.textcut import first_unstorable
@@ -30,6 +32,10 @@ STOP_ENDINGS = {
     StopReason.CANCELLED: Ending(Status.CANCELLED, "", "cancelled"),
     StopReason.SHUTDOWN: Ending(Status.ERROR, "the service shut down before the reply finished"),
 }
+CAPACITY_RETRY_SECONDS = 2
+UNEXPECTED_FAILURE = Ending(
+    Status.ERROR, "the generation failed unexpectedly (an internal error); the text so far is kept"
+)
 
 
 class Generations:
@@ -37,6 +43,7 @@ class Generations:
         self,
         config: GenServiceConfig,
         pool: Pool,
+        writer: Pool,
         hub: ListenerHub,
         client: openai.AsyncOpenAI,
         batcher: SaveBatcher,
@@ -44,6 +51,8 @@ class Generations:
     ) -> None:
         self._config = config
         self._pool = pool
+        # the ends' own connections, apart from request traffic
+        self._writer = writer
         self._hub = hub
         self._client = client
         self._batcher = batcher
@@ -51,12 +60,43 @@ class Generations:
         self._running: dict[str, Generation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.accepting = True
+        # set once the drain stopped waiting for admitted starts: a start launched later is not waited for
+        self._drained_admissions = False
+        # starts admitted and not yet launched (or refused); the drain waits for them
+        self._admitted = 0
+        self._no_admitted = asyncio.Event()
+        self._no_admitted.set()
 
     def get(self, message_id: str) -> Generation | None:
         return self._running.get(message_id)
 
+    @contextlib.contextmanager
+    def admission(self) -> Iterator[None]:
+        """Room for one more reply, held while it is written and launched; refused before anything is written.
+
+        The drain waits for every admitted start, so none launches after it unseen.
+        """
+        if not self.accepting:
+            raise Unavailable("the service is shutting down; retry on another replica", retry_after=1)
+        limit = self._config.max_active_replies
+        if len(self._running) + self._admitted >= limit:
+            raise Unavailable(
+                f"this replica is running {limit} replies, its limit; retry shortly", retry_after=CAPACITY_RETRY_SECONDS
+            )
+        self._admitted += 1
+        self._no_admitted.clear()
+        try:
+            yield
+        finally:
+            self._admitted -= 1
+            if self._admitted == 0:
+                self._no_admitted.set()
+
     def launch(self, reply: StartedReply) -> Generation:
         generation = Generation(reply)
+        if self._drained_admissions:
+            # admitted before the drain began, launched after it stopped waiting: end it now, as the drain would
+            generation.request_stop(StopReason.SHUTDOWN)
         self._running[generation.message_id] = generation
         self._batcher.track(generation.message_id, lambda: generation.request_stop(StopReason.LEASE_LOST))
         task = asyncio.create_task(self._run(generation), name=f"generation-{generation.message_id}")
@@ -64,24 +104,39 @@ class Generations:
         task.add_done_callback(self._tasks.discard)
         return generation
 
+    def running_ids(self) -> list[str]:
+        return list(self._running)
+
     async def _run(self, generation: Generation) -> None:
+        """The one supervisor of a generation: whatever fails, the message is ended and its followers told."""
         message_id = generation.message_id
         log.info("message %s: generation started (model %s)", message_id, generation.model)
         try:
-            async with self._hub.subscribe(message_id) as stop_requests:
-                watcher = asyncio.create_task(self._watch_for_stop(generation, stop_requests))
-                try:
-                    ending = await self._stream_until_stopped(generation)
-                finally:
-                    watcher.cancel()
+            try:
+                ending = await self._generate(generation)
+            except Exception:
+                log.exception("message %s: the generation failed unexpectedly; ending it with its text", message_id)
+                ending = UNEXPECTED_FAILURE
             if ending is None:
                 log.warning("message %s: ended elsewhere; nothing more is written", message_id)
                 generation.abandon()
                 return
             await self._finish(generation, ending)
+        except Exception:
+            # the end could not be written: followers go on from Postgres, where this process's sweeper ends it
+            log.exception("message %s: writing the end failed; the sweeper ends it from its saves", message_id)
+            generation.abandon()
         finally:
             self._batcher.forget(message_id)
             self._running.pop(message_id, None)
+
+    async def _generate(self, generation: Generation) -> Ending | None:
+        async with self._hub.subscribe(generation.message_id) as stop_requests:
+            watcher = asyncio.create_task(self._watch_for_stop(generation, stop_requests))
+            try:
+                return await self._stream_until_stopped(generation)
+            finally:
+                watcher.cancel()
 
     async def _stream_until_stopped(self, generation: Generation) -> Ending | None:
         """The model's stream to its end, or until a stop; None when the lease was lost."""
@@ -135,20 +190,24 @@ class Generations:
         generation.request_stop(await self._stop_request(generation, subscription))
 
     async def _stop_request(self, generation: Generation, subscription: Subscription) -> StopReason:
-        """A stop request, or the message ended by another process, heard wherever it was made."""
+        """A stop request, or the message ended by another process, heard wherever it was made.
+
+        A notice is only a reason to look: what Postgres says decides, so a forged one stops nothing.
+        """
         while True:
             notices = await subscription.wait()
-            if notices is None:
-                with contextlib.suppress(*DATABASE_ERRORS):
-                    ended, stop_requested = await queries.stop_state(self._pool, generation.message_id)
-                    if ended:
-                        return StopReason.LEASE_LOST
-                    if stop_requested:
-                        return StopReason.CANCELLED
+            if notices is not None and not any(n.terminal or n.cancel_requested for n in notices):
                 continue
-            if any(n.terminal for n in notices):
+            try:
+                ended, stop_requested = await queries.stop_state(self._pool, generation.message_id)
+            except DATABASE_ERRORS:
+                continue
+            except Exception:
+                log.exception("message %s: reading its stop state failed", generation.message_id)
+                continue
+            if ended:
                 return StopReason.LEASE_LOST
-            if any(n.cancel_requested for n in notices):
+            if stop_requested:
                 return StopReason.CANCELLED
 
     async def _finish(self, generation: Generation, ending: Ending) -> None:
@@ -156,7 +215,7 @@ class Generations:
         backoff = Backoff()
         while True:
             try:
-                record = await finish_reply(self._pool, generation.message_id, self.owner, generation.text, ending)
+                record = await finish_reply(self._writer, generation.message_id, self.owner, generation.text, ending)
                 break
             except DATABASE_ERRORS as exc:
                 log.warning("message %s: saving the end failed (%s); retrying", generation.message_id, exc)
@@ -171,6 +230,10 @@ class Generations:
     async def drain(self, grace: float) -> None:
         """Shutdown: refuse new replies, give running ones `grace` seconds, then end the rest as ERROR."""
         self.accepting = False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._no_admitted.wait()
+        self._drained_admissions = True
         tasks = set(self._tasks)
         if not tasks:
             return

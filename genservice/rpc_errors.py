@@ -12,13 +12,14 @@ import grpc
 import psycopg
 
 from genservice.replies.database import DATABASE_ERRORS
-from genservice.replies.errors import FailedPrecondition, ServiceError, Unavailable
+from genservice.replies.errors import RETRY_AFTER_KEY, FailedPrecondition, ServiceError, Unavailable
 
 log = logging.getLogger(__name__)
 
 Servicer = TypeVar("Servicer")
 Request = TypeVar("Request")
 Response = TypeVar("Response")
+DATABASE_RETRY_SECONDS = 2
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
@@ -29,13 +30,15 @@ def service_error(exc: Exception) -> ServiceError:
     if isinstance(exc, psycopg.errors.UniqueViolation):
         return FailedPrecondition("a reply is already streaming in this conversation")
     if isinstance(exc, DATABASE_ERRORS):
-        return Unavailable("the database is unavailable; try again shortly")
+        return Unavailable("the database is unavailable; try again shortly", retry_after=DATABASE_RETRY_SECONDS)
     log.error("unexpected error in an RPC", exc_info=exc)
     return ServiceError("internal error")
 
 
 async def _abort(context: Context, exc: Exception) -> NoReturn:
     error = service_error(exc)
+    if error.retry_after is not None:
+        context.set_trailing_metadata(((RETRY_AFTER_KEY, str(error.retry_after)),))
     await context.abort(error.code, str(error))
     raise AssertionError("abort raises")
 

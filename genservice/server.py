@@ -13,14 +13,17 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from genservice.auth import TokenCheck
 from genservice.batcher import SaveBatcher
 from genservice.config import GenServiceConfig
 from genservice.generations import Generations
+from genservice.health import ServiceHealth
 from genservice.model import make_client
 from genservice.replies.background import background
 from genservice.replies.database import open_pool, postgres_url
@@ -36,8 +39,22 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
 RPC_GRACE_SECONDS = 2.0
+# the save batcher's one connection, and room for ends written at the same moment
+WRITER_CONNECTIONS = 4
+SERVER_OPTIONS = [
+    # the gateway pings an idle channel every 20 s (keepalive), so that a dead peer is noticed
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    # a reply may be MAX_REPLY_CHARS (2,000,000) characters of up to 4 bytes, in one message
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+]
 ENVIRONMENT_HELP = """environment:
   GENSERVICE_ADDR              host:port to listen on (127.0.0.1:50051)
+  GENSERVICE_TOKEN             every GenerationService call must carry `authorization: Bearer <token>`
+                               (unset: no check, and only a loopback GENSERVICE_ADDR is accepted)
+  GENSERVICE_TLS_CERT, GENSERVICE_TLS_KEY   PEM certificate and key: serve TLS (unset: plaintext)
   DATABASE_URL                 Postgres (unset: the embedded Postgres in .data/)
   OPENAI_BASE_URL              any OpenAI-compatible endpoint (unset: demo-llm at DEMO_LLM_ADDR, 127.0.0.1:8181)
   OPENAI_API_KEY               its key (never logged)
@@ -58,6 +75,8 @@ a second exits at once."""
 @dataclass(frozen=True)
 class RunningService:
     target: str
+    # the lease owner name of this process
+    owner: str
 
 
 @contextlib.asynccontextmanager
@@ -67,6 +86,8 @@ async def running_service(config: GenServiceConfig) -> AsyncIterator[RunningServ
     with postgres_url(config.database_url) as url:
         async with AsyncExitStack() as stack:
             pool = await stack.enter_async_context(open_pool(url, "genservice"))
+            # saves, lease renewals and ends never wait behind request traffic: connections of their own
+            writer = await stack.enter_async_context(open_pool(url, "genservice-writer", WRITER_CONNECTIONS))
             await migrate(pool)
             hub = await stack.enter_async_context(ListenerHub(url, "genservice-listener"))
             client = make_client(
@@ -74,31 +95,51 @@ async def running_service(config: GenServiceConfig) -> AsyncIterator[RunningServ
             )
             stack.push_async_callback(client.close)
             batcher = SaveBatcher(
-                pool,
+                writer,
                 owner,
                 save_every_chars=config.save_every_chars,
                 max_delay=config.save_max_delay,
                 lease_seconds=config.lease_seconds,
             )
-            await stack.enter_async_context(background("save-batcher", batcher.run))
-            await stack.enter_async_context(
-                background("sweeper", lambda: sweep_forever(pool, owner, config.sweep_interval, config.lease_seconds))
+            saver = await stack.enter_async_context(background("save-batcher", batcher.run))
+            generations = Generations(config, pool, writer, hub, client, batcher, owner)
+            sweeper = await stack.enter_async_context(
+                background(
+                    "sweeper",
+                    lambda: sweep_forever(
+                        pool, owner, generations.running_ids, config.sweep_interval, config.lease_seconds
+                    ),
+                )
             )
-            generations = Generations(config, pool, hub, client, batcher, owner)
 
-            server = grpc.aio.server()
+            interceptors = [] if config.token is None else [TokenCheck(config.token, SERVICE_NAME)]
+            server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
             pb_grpc.add_GenerationServiceServicer_to_server(GenerationService(config, pool, hub, generations), server)
             health_servicer = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-            port = server.add_insecure_port(config.addr)
+            if config.tls_cert is not None and config.tls_key is not None:
+                pair = (Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())
+                port = server.add_secure_port(config.addr, grpc.ssl_server_credentials([pair]))
+            else:
+                port = server.add_insecure_port(config.addr)
             await server.start()
-            for name in ("", SERVICE_NAME):
-                await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+            service_health = ServiceHealth(
+                health_servicer,
+                ("", SERVICE_NAME),
+                {
+                    "save batcher": lambda: saver.healthy,
+                    "sweeper": lambda: sweeper.healthy,
+                    "listener": lambda: hub.healthy,
+                },
+            )
+            await stack.enter_async_context(background("health", service_health.watch))
             host = config.addr.rpartition(":")[0]
             log.info("genservice serving on %s:%d (owner %s)", host, port, owner)
+            if config.token is None:
+                log.warning("GENSERVICE_TOKEN is unset: any local process may call genservice as any user")
             try:
-                yield RunningService(f"{host}:{port}")
+                yield RunningService(f"{host}:{port}", owner)
             finally:
                 log.info("shutting down: NOT_SERVING, refusing new replies, draining generations")
                 await health_servicer.enter_graceful_shutdown()

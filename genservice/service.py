@@ -14,7 +14,7 @@ from genservice.generations import Generations
 from genservice.replies import convert, paging, queries
 from genservice.replies.chats import chat_conversation_id
 from genservice.replies.database import Pool
-from genservice.replies.errors import InvalidArgument, Unavailable
+from genservice.replies.errors import InvalidArgument
 from genservice.replies.follow import follow_message
 from genservice.replies.listener import ListenerHub
 from genservice.replies.records import MessageRecord, Status
@@ -58,12 +58,13 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
         self, request: pb.StreamReplyRequest, context: Context
     ) -> AsyncIterator[pb.ReplyEvent]:
         start = self._checked_start(request)
-        if not self._generations.accepting:
-            raise Unavailable("the service is shutting down; retry on another replica")
-        reply = await self._start(start, request.interrupt)
+        if not self._config.allows(start.model):
+            raise InvalidArgument(f"model {start.model!r} is not allowed here")
         user_id = start.user_id
-        if reply.created:
-            self._generations.launch(reply)
+        with self._generations.admission():
+            reply = await self._start(start, request.interrupt)
+            if reply.created:
+                self._generations.launch(reply)
         yield pb.ReplyEvent(
             started=pb.ReplyStarted(message_id=reply.assistant.id, conversation_id=reply.conversation_id)
         )
@@ -90,8 +91,13 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
     ) -> pb.ListMessagesResponse:
         user_id = require_user(request.user_id)
         conversation_id = parse_id(request.conversation_id, "conversation_id")
-        records = await queries.list_messages(self._pool, user_id, conversation_id)
-        return pb.ListMessagesResponse(messages=[convert.message_to_pb(r) for r in records])
+        size = paging.page_size(request.page_size, paging.DEFAULT_MESSAGE_PAGE_SIZE, paging.MAX_MESSAGE_PAGE_SIZE)
+        after = paging.decode_seq_token(request.page_token)
+        page = await queries.list_messages(self._pool, user_id, conversation_id, size, after, paging.MESSAGE_PAGE_BYTES)
+        response = pb.ListMessagesResponse(messages=[convert.message_to_pb(r) for r in page.messages])
+        if page.last_seq is not None:
+            response.next_page_token = paging.encode_seq_token(page.last_seq)
+        return response
 
     @rpc
     async def ListConversations(  # noqa: N802
@@ -153,6 +159,7 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
                     chat=start.chat,
                     client_message_id=start.client_message_id,
                     regenerate=start.regenerate,
+                    max_active_per_user=self._config.max_active_replies_per_user,
                 )
             except writes.RequestRace:
                 assert start.request_id is not None

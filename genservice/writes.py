@@ -14,12 +14,15 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import DictRow
 
 from genservice.replies.database import Pool
-from genservice.replies.errors import FailedPrecondition, conversation_not_found
+from genservice.replies.errors import FailedPrecondition, ResourceExhausted, conversation_not_found
 from genservice.replies.notices import CHANNEL, Notice
 from genservice.replies.queries import MESSAGE_COLUMNS, SAVED_TEXT, message_of_user
 from genservice.replies.records import MessageRecord, Role, Status, Usage
 
 TITLE_CHARS = 80
+# the first key of the advisory locks that serialise one user's starts
+USER_LOCK_SPACE = 7_205_913
+USER_RETRY_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -82,11 +85,13 @@ async def start_reply(
     chat: bool = False,
     client_message_id: str | None = None,
     regenerate: bool = False,
+    max_active_per_user: int = 0,
 ) -> StartedReply:
     """One transaction: the user's message, the assistant message (STREAMING, leased), the request key.
 
     chat: `conversation_id` is a chat's, created here when it does not exist yet. regenerate: no
     user message is saved; the reply answers the last one, whose earlier replies are superseded.
+    Past `max_active_per_user` STREAMING replies of the user (0: no limit) nothing is written.
     """
     async with pool.connection() as conn, conn.transaction():
         if conversation_id is None:
@@ -112,6 +117,8 @@ async def start_reply(
             await conn.execute(
                 "UPDATE conversations SET updated_at = clock_timestamp() WHERE id = %s", (conversation_id,)
             )
+        if max_active_per_user:
+            await _check_user_limit(conn, user_id, max_active_per_user)
         if regenerate:
             await _supersede_last_replies(conn, conversation_id)
         else:
@@ -186,6 +193,20 @@ async def _supersede_last_replies(conn: AsyncConnection[DictRow], conversation_i
     )
 
 
+async def _check_user_limit(conn: AsyncConnection[DictRow], user_id: str, limit: int) -> None:
+    # one start of a user at a time counts, so two at once cannot both pass the limit
+    await conn.execute("SELECT pg_advisory_xact_lock(%s::int, hashtext(%s))", (USER_LOCK_SPACE, user_id))
+    cursor = await conn.execute(
+        "SELECT count(*) AS active FROM messages WHERE user_id = %s AND status = 'streaming'", (user_id,)
+    )
+    row = await cursor.fetchone()
+    if row is not None and row["active"] >= limit:
+        raise ResourceExhausted(
+            f"you have {limit} replies streaming, the limit; wait for one to end or stop one",
+            retry_after=USER_RETRY_SECONDS,
+        )
+
+
 async def attach_to_request(pool: Pool, user_id: str, request_id: str) -> StartedReply:
     async with pool.connection() as conn:
         attached = await _attached(conn, user_id, request_id)
@@ -237,7 +258,7 @@ async def save_pieces(
                 " SELECT * FROM unnest(%s::uuid[], %s::int[], %s::text[]) ON CONFLICT DO NOTHING",
                 ([p.message_id for p in kept], [p.start for p in kept], [p.text for p in kept]),
             )
-        await notify(conn, [Notice(p.message_id, Status.STREAMING, p.end, p.start, p.text) for p in kept])
+        await notify(conn, [Notice(p.message_id, Status.STREAMING, p.end) for p in kept])
     return held
 
 
@@ -285,23 +306,45 @@ async def end_with_saved_text(pool: Pool, message_id: str, status: Status, error
     return records[0] if records else None
 
 
-async def end_expired(pool: Pool, sweeper: str, error: str) -> list[MessageRecord]:
-    """End as ERROR, with their saved text, the streaming messages whose lease expired, but the sweeper's own."""
-    condition = sql.SQL("m.lease_expires_at < clock_timestamp() AND m.lease_owner IS DISTINCT FROM %s")
-    return await _end_from_saves(pool, Status.ERROR, error, condition, [sweeper])
+async def end_expired(pool: Pool, sweeper: str, running: Sequence[str], error: str) -> list[MessageRecord]:
+    """End as ERROR, with their saved text, the streaming messages whose lease expired, but those the sweeper runs.
+
+    The sweeper's own message whose lease expired while it runs it is left alone: its owner is cut off
+    from the database and renews the lease once it is back, or its end is written then.
+    """
+    condition = sql.SQL(
+        "m.lease_expires_at < clock_timestamp() AND (m.lease_owner IS DISTINCT FROM %s OR m.id <> ALL(%s::uuid[]))"
+    )
+    return await _end_from_saves(pool, Status.ERROR, error, condition, [sweeper, list(running)])
 
 
 async def _end_from_saves(
     pool: Pool, status: Status, error: str, condition: sql.Composable, params: list[object]
 ) -> list[MessageRecord]:
+    """End the streaming messages that meet `condition` with their saved text, every committed save of it.
+
+    The rows are locked first: a save holds its message's row until it commits (save_pieces updates the
+    row before it inserts), so once the locks are held no save is in flight, and the next statement's
+    snapshot holds every save that committed; a later one finds the message ended and writes nothing.
+    Only then are the saves copied into the message and deleted, in this one transaction.
+    """
     async with pool.connection() as conn, conn.transaction():
+        cursor = await conn.execute(
+            sql.SQL("SELECT m.id FROM messages m WHERE {condition} AND m.status = 'streaming' FOR UPDATE").format(
+                condition=condition
+            ),
+            params,
+        )
+        ids = [row["id"] for row in await cursor.fetchall()]
+        if not ids:
+            return []
         cursor = await conn.execute(
             sql.SQL(
                 "UPDATE messages AS m SET status = %s, error = %s, content = {saved},"
                 " lease_owner = NULL, lease_expires_at = NULL, updated_at = clock_timestamp()"
-                " WHERE {condition} AND m.status = 'streaming' RETURNING {columns}"
-            ).format(saved=SAVED_TEXT, condition=condition, columns=MESSAGE_COLUMNS),
-            [status.value, error, *params],
+                " WHERE m.id = ANY(%s) AND m.status = 'streaming' RETURNING {columns}"
+            ).format(saved=SAVED_TEXT, columns=MESSAGE_COLUMNS),
+            [status.value, error, ids],
         )
         records = [MessageRecord.from_row(row) for row in await cursor.fetchall()]
         await _after_end(conn, records)

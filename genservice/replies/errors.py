@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import grpc
 
+# the trailing metadata key of a retry hint, in whole seconds
+RETRY_AFTER_KEY = "retry-after"
+
 
 class ServiceError(Exception):
     """A failure the caller can act on; its message is safe to show to a user."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        # seconds after which trying again may succeed; sent as trailing metadata
+        self.retry_after = retry_after
 
 
 class InvalidArgument(ServiceError):
@@ -25,6 +33,10 @@ class FailedPrecondition(ServiceError):
 
 class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def message_not_found(message_id: str) -> NotFound:

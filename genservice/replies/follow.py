@@ -2,7 +2,8 @@
 
 One implementation for WatchReply and the gateway's resumed streams. It subscribes before it
 reads, so nothing said between the read and the subscription is lost; offsets make a repeated
-character impossible.
+character impossible. Text and ends come only from Postgres: a notice only says when to read, and
+without one a follower reads again after IDLE_SECONDS.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from genservice.replies import convert, queries
 from genservice.replies.database import Pool
 from genservice.replies.errors import InvalidArgument
 from genservice.replies.listener import ListenerHub
-from genservice.replies.notices import text_after
+from genservice.replies.notices import says_more_than
 from genservice.replies.validation import parse_id
 from genservice.v1 import genservice_pb2 as pb
+
+# a follower that heard nothing for this long reads Postgres anyway
+IDLE_SECONDS = 2.0
 
 
 async def follow_message(
@@ -43,10 +47,8 @@ async def follow_message(
             if final is not None:
                 yield pb.ReplyEvent(finished=pb.ReplyFinished(message=convert.message_to_pb(final)))
                 return
-            notices = await subscription.wait()
-            live_text = None if notices is None else text_after(notices, sent)
-            if live_text is not None:
-                text = live_text
-            else:
+            notices = await subscription.wait(IDLE_SECONDS)
+            text = ""
+            if notices is None or says_more_than(notices, sent):
                 read = await queries.read_after(pool, user_id, message_id, sent)
                 text, final = read.text, read.final

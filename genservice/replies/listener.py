@@ -17,6 +17,7 @@ from types import TracebackType
 import psycopg
 from psycopg import AsyncConnection, sql
 
+from genservice.replies.background import FAILURES_BEFORE_UNHEALTHY
 from genservice.replies.backoff import Backoff
 from genservice.replies.database import connection_kwargs
 from genservice.replies.notices import CHANNEL, Notice
@@ -24,6 +25,7 @@ from genservice.replies.notices import CHANNEL, Notice
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 256
+DROPPED_LOG_EVERY = 1000
 
 
 class Subscription:
@@ -48,9 +50,16 @@ class Subscription:
         self._resync = True
         self._wake.set()
 
-    async def wait(self) -> list[Notice] | None:
-        """The notices since the last call, or None when the subscriber must re-read Postgres."""
-        await self._wake.wait()
+    async def wait(self, idle: float | None = None) -> list[Notice] | None:
+        """The notices since the last call, or None when the subscriber must re-read Postgres.
+
+        After `idle` seconds without a notice it is None too: a lost notification costs latency, never a hang.
+        """
+        try:
+            async with asyncio.timeout(idle):
+                await self._wake.wait()
+        except TimeoutError:
+            return None
         self._wake.clear()
         if self._resync:
             self._resync = False
@@ -69,13 +78,21 @@ class ListenerHub:
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self.notices_received = 0
+        self.notices_dropped = 0
         # seconds from a NOTIFY being written to its arrival here, summed over the notices that say when
         self.lag_seconds_sum = 0.0
         self.lag_count = 0
+        # unexpected failures since a notification was last dispatched
+        self.failures = 0
 
     @property
     def connected(self) -> bool:
-        return self._ready.is_set()
+        return self._ready.is_set() and self._task is not None and not self._task.done()
+
+    @property
+    def healthy(self) -> bool:
+        """Listening, or reconnecting after an outage; not when it keeps failing on something unexpected."""
+        return self._task is not None and not self._task.done() and self.failures < FAILURES_BEFORE_UNHEALTHY
 
     @property
     def subscription_count(self) -> int:
@@ -129,6 +146,9 @@ class ListenerHub:
                 # one warning per outage, not one per attempt
                 level = logging.WARNING if self._ready.is_set() or not backoff.retrying else logging.DEBUG
                 log.log(level, "listener connection lost (%s); reconnecting with backoff", type(exc).__name__)
+            except Exception:
+                self.failures += 1
+                log.exception("the listener failed unexpectedly; listening again")
             self._ready.clear()
             self._resync_all()
             await backoff.wait()
@@ -136,7 +156,17 @@ class ListenerHub:
     def _dispatch(self, payload: str) -> None:
         notice = Notice.decode(payload)
         if notice is None:
+            self.notices_dropped += 1
+            # one line per so many, so that a flood of junk cannot flood the log
+            if self.notices_dropped % DROPPED_LOG_EVERY == 1:
+                log.warning(
+                    "dropped a payload on %s that is not a notice (%d so far): %r",
+                    CHANNEL,
+                    self.notices_dropped,
+                    payload[:80],
+                )
             return
+        self.failures = 0
         self.notices_received += 1
         if notice.sent_at is not None:
             self.lag_seconds_sum += max(time.time() - notice.sent_at, 0.0)

@@ -1,17 +1,26 @@
-"""What a NOTIFY says about a message, and how a follower advances on it without reading Postgres."""
+"""What a NOTIFY says about a message: a hint that carries no text, decoded strictly.
+
+Any role that can connect may LISTEN and NOTIFY on any channel, so a payload carries no reply text
+(another role could read it) and nobody acts on one without reading Postgres: a notice only says
+"look again". A payload that is not exactly a notice of ours is dropped.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from genservice.replies.records import Status
 
 CHANNEL = "genservice_events"
-# far below Postgres' 8,000-byte payload limit; bigger deltas are read from the database
-MAX_INLINE_TEXT_BYTES = 4000
+# no offset or length goes past this (Postgres integer)
+MAX_OFFSET = 2**31 - 1
+_REQUIRED = {"m", "s", "e", "ts"}
+_OPTIONAL = {"c"}
 
 
 @dataclass(frozen=True)
@@ -20,9 +29,6 @@ class Notice:
     status: Status
     # the message's saved length after this change
     end: int
-    # the saved text [start, end), when it was small enough to travel in the payload
-    start: int | None = None
-    text: str | None = None
     cancel_requested: bool = False
     # unix time the notice was written (a received notice only), for the notification-lag metric
     sent_at: float | None = None
@@ -38,48 +44,40 @@ class Notice:
             "e": self.end,
             "ts": round(time.time(), 3),
         }
-        if self.text is not None and len(self.text.encode()) <= MAX_INLINE_TEXT_BYTES:
-            payload.update(o=self.start, t=self.text)
         if self.cancel_requested:
             payload["c"] = 1
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        return json.dumps(payload, separators=(",", ":"))
 
     @classmethod
     def decode(cls, payload: str) -> Notice | None:
-        """None for a payload that is not ours (anyone may NOTIFY on the channel)."""
+        """The notice, or None for anything else: strict and total, it never raises."""
         try:
             data = json.loads(payload)
-            text = data.get("t")
-            return cls(
-                message_id=str(data["m"]),
-                status=Status(data["s"]),
-                end=int(data["e"]),
-                start=int(data["o"]) if text is not None else None,
-                text=str(text) if text is not None else None,
-                cancel_requested=bool(data.get("c")),
-                sent_at=float(data["ts"]) if "ts" in data else None,
-            )
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, RecursionError):
             return None
+        if not isinstance(data, dict) or not _REQUIRED <= data.keys() <= _REQUIRED | _OPTIONAL:
+            return None
+        message_id, status, end, sent_at = data["m"], data["s"], data["e"], data["ts"]
+        if not isinstance(message_id, str) or not _canonical_uuid(message_id):
+            return None
+        if not isinstance(status, str) or status not in {s.value for s in Status}:
+            return None
+        if type(end) is not int or not 0 <= end <= MAX_OFFSET:
+            return None
+        if type(sent_at) not in (int, float) or not math.isfinite(sent_at):
+            return None
+        if data.get("c", 1) != 1 or type(data.get("c", 1)) is not int:
+            return None
+        return cls(message_id, Status(status), end, "c" in data, float(sent_at))
 
 
-def text_after(notices: Sequence[Notice], sent: int) -> str | None:
-    """The text the notices carry after offset `sent`, or None when only the database can tell.
+def _canonical_uuid(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
 
-    None when a notice has no inline text, leaves a gap after `sent`, or ends the message: the
-    follower then reads Postgres, which is the truth.
-    """
-    pieces: list[str] = []
-    for notice in notices:
-        if notice.cancel_requested and not notice.terminal:
-            continue
-        if notice.terminal or notice.text is None or notice.start is None:
-            return None
-        if notice.end <= sent:
-            continue
-        if notice.start > sent:
-            return None
-        piece = notice.text[sent - notice.start :]
-        pieces.append(piece)
-        sent += len(piece)
-    return "".join(pieces)
+
+def says_more_than(notices: Sequence[Notice], sent: int) -> bool:
+    """Whether the notices claim anything a follower at offset `sent` has not seen: only then is Postgres read."""
+    return any(notice.terminal or notice.end > sent for notice in notices)

@@ -1,4 +1,4 @@
-"""Opaque page tokens for ListConversations: a keyset position, base64 so callers do not depend on it."""
+"""Opaque page tokens for ListConversations and ListMessages: keyset positions, base64 so callers ignore them."""
 
 from __future__ import annotations
 
@@ -12,12 +12,33 @@ from genservice.replies.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
+# a conversation's messages: most fit on one page, and a page also stops after MESSAGE_PAGE_BYTES of text
+DEFAULT_MESSAGE_PAGE_SIZE = 100
+MAX_MESSAGE_PAGE_SIZE = 500
+MESSAGE_PAGE_BYTES = 1024 * 1024
 
 
-def page_size(requested: int) -> int:
+def page_size(requested: int, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE) -> int:
     if requested < 0:
         raise InvalidArgument(f"page_size must be 0 or more, got {requested}")
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    return min(requested or default, maximum)
+
+
+def encode_seq_token(seq: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": seq}).encode()).decode().rstrip("=")
+
+
+def decode_seq_token(token: str) -> int:
+    """The position after which a page of messages starts; 0 for the first page."""
+    if not token:
+        return 0
+    try:
+        seq = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))["after"]
+    except (ValueError, TypeError, KeyError, binascii.Error):
+        raise InvalidArgument("page_token is not valid") from None
+    if type(seq) is not int or not 0 <= seq < 2**63:
+        raise InvalidArgument("page_token is not valid")
+    return seq
 
 
 def encode_token(updated_at: datetime, conversation_id: str) -> str:

@@ -13,6 +13,7 @@ from genservice.replies.records import (
     ChatMessage,
     ConversationRecord,
     LatestReply,
+    MessagePage,
     MessageRecord,
     Role,
     Status,
@@ -57,8 +58,8 @@ async def get_message(pool: Pool, user_id: str, message_id: str) -> MessageRecor
 async def read_after(pool: Pool, user_id: str, message_id: str, offset: int) -> TextAfter:
     """The message's saved text after `offset`, in one statement (one snapshot).
 
-    While streaming only the saves that reach past `offset` are read: a follower of a long reply
-    reads each character once.
+    While streaming only the save that holds `offset` and those after it are read, found through the
+    saves' primary key: a follower of a long reply reads each character about once.
     """
     async with pool.connection() as conn:
         cursor = await conn.execute(
@@ -67,7 +68,8 @@ async def read_after(pool: Pool, user_id: str, message_id: str, offset: int) -> 
                 " FROM messages m LEFT JOIN LATERAL ("
                 "  SELECT min(s.start_offset) AS start, string_agg(s.text, '' ORDER BY s.start_offset) AS text"
                 "  FROM message_saves s WHERE m.status = 'streaming' AND s.message_id = m.id"
-                "  AND s.start_offset + length(s.text) > %s) AS tail ON true"
+                "  AND s.start_offset >= coalesce((SELECT max(f.start_offset) FROM message_saves f"
+                "   WHERE f.message_id = m.id AND f.start_offset <= %s), 0)) AS tail ON true"
                 " WHERE m.id = %s AND m.user_id = %s"
             ).format(columns=MESSAGE_COLUMNS),
             (offset, message_id, user_id),
@@ -83,7 +85,11 @@ async def read_after(pool: Pool, user_id: str, message_id: str, offset: int) -> 
     return TextAfter(message_id, conversation_id, tail, None)
 
 
-async def list_messages(pool: Pool, user_id: str, conversation_id: str) -> list[MessageRecord]:
+async def list_messages(
+    pool: Pool, user_id: str, conversation_id: str, limit: int, after_seq: int, max_bytes: int
+) -> MessagePage:
+    """Up to `limit` messages after position `after_seq`, oldest first, stopping once `max_bytes` of text
+    is reached (a page holds at least one message), so no answer grows past the gRPC message limit."""
     async with pool.connection() as conn:
         cursor = await conn.execute(
             "SELECT 1 FROM conversations WHERE id = %s AND user_id = %s", (conversation_id, user_id)
@@ -91,10 +97,19 @@ async def list_messages(pool: Pool, user_id: str, conversation_id: str) -> list[
         if await cursor.fetchone() is None:
             raise conversation_not_found(conversation_id)
         cursor = await conn.execute(
-            sql.SQL("SELECT {} FROM messages m WHERE m.conversation_id = %s ORDER BY m.seq").format(MESSAGE_AS_SAVED),
-            (conversation_id,),
+            sql.SQL(
+                "WITH page AS (SELECT m.seq, {columns} FROM messages m"
+                "  WHERE m.conversation_id = %s AND m.seq > %s ORDER BY m.seq LIMIT %s),"
+                " sized AS (SELECT page.*, count(*) OVER () AS page_rows, coalesce(sum(octet_length(content))"
+                "  OVER (ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS bytes_before"
+                "  FROM page)"
+                " SELECT * FROM sized WHERE bytes_before < %s ORDER BY seq"
+            ).format(columns=MESSAGE_AS_SAVED),
+            (conversation_id, after_seq, limit + 1, max_bytes),
         )
-        return [MessageRecord.from_row(row) for row in await cursor.fetchall()]
+        rows = (await cursor.fetchall())[:limit]
+    more = bool(rows) and rows[0]["page_rows"] > len(rows)
+    return MessagePage([MessageRecord.from_row(row) for row in rows], rows[-1]["seq"] if more else None)
 
 
 async def list_conversations(

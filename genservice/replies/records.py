@@ -105,3 +105,12 @@ class LatestReply:
     status: Status
     # since its last change, by the database's clock
     idle_seconds: float
+
+
+@dataclass(frozen=True)
+class MessagePage:
+    """One page of a conversation's messages, oldest first."""
+
+    messages: list[MessageRecord]
+    # the position the next page starts after; None on the last page
+    last_seq: int | None

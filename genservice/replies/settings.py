@@ -20,6 +20,14 @@ def env_optional(env: Mapping[str, str], name: str) -> str | None:
     return env.get(name, "").strip() or None
 
 
+def env_secret(env: Mapping[str, str], name: str) -> str | None:
+    """A secret: None when unset or empty; only blanks (spaces, a newline) is a mistake, never a silent "no secret"."""
+    raw = env.get(name, "")
+    if raw and not raw.strip():
+        raise ConfigError(f"{name} holds only blanks: give it a value, or unset it")
+    return raw.strip() or None
+
+
 def env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     raw = env.get(name, "").strip()
     if not raw:

@@ -147,13 +147,13 @@ async def test_an_unreachable_genservice_is_503_at_once(database_url: str) -> No
         assert_error(await client.get(f"/v1/messages/{uuid.uuid4()}"), 503, "unavailable")
         health = await client.get("/healthz")
         assert health.status_code == 503
-        assert health.json()["checks"] == {"postgres": "ok", "genservice": "unavailable"}
+        assert health.json()["checks"] == {"postgres": "ok", "genservice": "unavailable", "listener": "ok"}
         # resuming is served from Postgres, so it does not need genservice: an unknown message is still a 404
         assert_error(await client.get(f"/v1/messages/{uuid.uuid4()}/events"), 404)
 
 
 def token(sub: str, secret: str = SECRET, **claims: Any) -> str:
-    return jwt.encode({"sub": sub, **claims}, secret, algorithm="HS256")
+    return jwt.encode({"sub": sub, "exp": int(time.time()) + 600, **claims}, secret, algorithm="HS256")
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +173,8 @@ async def test_with_a_secret_every_v1_request_needs_a_valid_token(secured: Runni
             "garbage",
             token(alice, secret="another-secret-that-is-also-long-enough"),
             token(alice, exp=int(time.time()) - 60),
-            jwt.encode({"name": alice}, SECRET, algorithm="HS256"),
+            jwt.encode({"name": alice, "exp": int(time.time()) + 600}, SECRET, algorithm="HS256"),
+            jwt.encode({"sub": alice}, SECRET, algorithm="HS256"),  # no exp: a token that never expires
             token(""),
         ):
             assert_error(await client.get("/v1/conversations", headers=bearer(bad)), 401, "unauthenticated")
