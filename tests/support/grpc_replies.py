@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable
+from typing import Any
 
 import grpc
 
@@ -44,3 +45,20 @@ async def wait_until_ended(
     await collect(stub.WatchReply(pb.WatchReplyRequest(user_id=user_id, message_id=message_id)), seconds)
     message: pb.Message = await stub.GetMessage(pb.GetMessageRequest(user_id=user_id, message_id=message_id))
     return message
+
+
+async def read_text(call: Any, chars: int, seconds: float = 10) -> str:
+    """Read an open call's deltas until at least `chars` characters have come; their text."""
+    text = ""
+    async with asyncio.timeout(seconds):
+        while len(text) < chars:
+            event = await call.read()
+            assert event.HasField("delta"), f"expected a delta, got {event}"
+            text += event.delta.text
+    return text
+
+
+async def assert_streaming(stub: pb_grpc.GenerationServiceStub, user_id: str, message_id: str) -> None:
+    """The message is saved as STREAMING right now: what the test does next happens mid-reply."""
+    message = await stub.GetMessage(pb.GetMessageRequest(user_id=user_id, message_id=message_id))
+    assert message.status == pb.MESSAGE_STATUS_STREAMING, pb.MessageStatus.Name(message.status)

@@ -71,28 +71,35 @@ async def genservice_process(env: Mapping[str, str]) -> AsyncIterator[Process]:
 
 
 @asynccontextmanager
-async def gateway_process(env: dict[str, str], log: Path) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
-    """`python -m gateway.server` on a free port, answering /healthz; killed if still alive at the end."""
-    addr = f"127.0.0.1:{free_port()}"
+async def http_process(
+    args: list[str], env: Mapping[str, str], log: Path, ready_url: str
+) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """`python ARGS...` logging to `log`, ready once `ready_url` answers 200; killed if still alive at the end."""
     with log.open("wb") as output:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "gateway.server"],
-            env={**os.environ, **env, "GATEWAY_ADDR": addr},
-            stdout=output,
-            stderr=subprocess.STDOUT,
+            [sys.executable, *args], env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT
         )
     try:
         async with asyncio.timeout(30), httpx2.AsyncClient(timeout=5, trust_env=False) as probe:
             while True:
                 assert popen.poll() is None, log.read_text()
                 try:
-                    if (await probe.get(f"http://{addr}/healthz")).status_code == 200:
+                    if (await probe.get(ready_url)).status_code == 200:
                         break
                 except httpx2.TransportError:
                     pass
                 await asyncio.sleep(0.05)
-        yield popen, f"http://{addr}"
+        yield popen
     finally:
         if popen.poll() is None:
             popen.kill()
         popen.wait(10)
+
+
+@asynccontextmanager
+async def gateway_process(env: dict[str, str], log: Path) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
+    """`python -m gateway.server` on a free port, answering /healthz."""
+    addr = f"127.0.0.1:{free_port()}"
+    args = ["-m", "gateway.server"]
+    async with http_process(args, {**env, "GATEWAY_ADDR": addr}, log, f"http://{addr}/healthz") as popen:
+        yield popen, f"http://{addr}"
