@@ -14,7 +14,14 @@ import pytest
 
 from genservice.replies.notices import CHANNEL
 from genservice.v1 import genservice_pb2 as pb
-from tests.support.grpc_replies import assert_streaming, collect, joined, read_text, wait_until_ended
+from tests.support.grpc_replies import (
+    assert_streaming,
+    collect,
+    joined,
+    read_started,
+    read_text,
+    wait_until_ended,
+)
 from tests.support.model_server import ModelServer, expected_reply
 
 SLOW = "chunk=5 delay=0.004"
@@ -27,10 +34,7 @@ def user() -> str:
 async def start(stub, user_id: str, content: str, **fields):
     """Start a reply and read up to its `started` event; the call stays open."""
     call = stub.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=content, **fields))
-    async with asyncio.timeout(10):
-        first = await call.read()
-    assert first.HasField("started")
-    return call, first.started
+    return call, await read_started(call)
 
 
 async def test_a_reply_streams_and_is_saved_complete(stub):
@@ -154,7 +158,7 @@ async def test_watch_reply_from_any_offset_joins_exactly_live_and_finished(stub,
         await assert_streaming(stub, user_id, started.message_id)
         watch = pb.WatchReplyRequest(user_id=user_id, message_id=started.message_id, offset=offset)
         live_call = stub.WatchReply(watch)
-        assert (await live_call.read()).HasField("started")
+        await read_started(live_call)
         gate.release()
         live = await collect(live_call)
     call.cancel()
@@ -175,7 +179,7 @@ async def test_the_idempotency_key_starts_no_second_generation(stub, model_serve
         await assert_streaming(stub, user_id, started.message_id)
         # the same request again while the first one streams: it joins that generation
         second_call = stub.StreamReply(request)
-        assert (await second_call.read()).started.message_id == started.message_id
+        assert (await read_started(second_call)).message_id == started.message_id
         gate.release()
         first, second = await asyncio.gather(collect(first_call), collect(second_call))
     retry = await collect(stub.StreamReply(request))

@@ -47,6 +47,15 @@ async def wait_until_ended(
     return message
 
 
+async def read_started(call: Any, seconds: float = 10) -> pb.ReplyStarted:
+    """Read an open call's first event, which is `started`."""
+    async with asyncio.timeout(seconds):
+        event = await call.read()
+    assert event.HasField("started"), f"expected started, got {event}"
+    started: pb.ReplyStarted = event.started
+    return started
+
+
 async def read_text(call: Any, chars: int, seconds: float = 10) -> str:
     """Read an open call's deltas until at least `chars` characters have come; their text."""
     text = ""
