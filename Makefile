@@ -38,7 +38,7 @@ proto-check: $(STAMP) ## fail when the committed stubs are stale
 lint: $(STAMP) ## ruff and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy genservice gateway tests
+	$(BIN)/mypy genservice gateway tests bench
 
 bench: $(STAMP) ## benchmarks: save path (WAL, notifying commits) and gateway memory with stalled clients, as ratios
 	$(BIN)/python -m bench.saves
