@@ -16,14 +16,13 @@ from gateway.server import RunningGateway
 from genservice.replies.database import Pool
 from tests.support.gateway_harness import (
     Event,
-    assert_streaming,
     content,
     joined,
     listener_pids,
     metric,
     read_all,
     read_started,
-    read_text,
+    read_to_the_gate,
     reply_text,
     stream_events,
     until,
@@ -42,9 +41,7 @@ async def test_a_killed_listen_connection_costs_latency_not_text(
             message_id = (await read_started(stream_events(response)))["message_id"]
         async with client.stream("GET", f"/v1/messages/{message_id}/events") as response:
             events = stream_events(response)
-            got = [await anext(events)]
-            got += await read_text(events, 300)
-            await assert_streaming(client, message_id)
+            _, got = await read_to_the_gate(events, 300, client)
             [pid] = await listener_pids(pool, listener)
             async with pool.connection() as conn:
                 await conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
@@ -80,14 +77,11 @@ async def test_a_reply_survives_a_postgres_restart(
         message = content("restart", f"[[len=3000 {gate.at(150)}]]")
         async with client.stream("POST", "/v1/replies", json={"content": message}) as response:
             events = stream_events(response)
-            got = [await anext(events)]
-            got += await read_text(events, 150)
-            await assert_streaming(client, got[0].json()["message_id"])
+            message_id, got = await read_to_the_gate(events, 150, client)
             pg_ctl(data_dir, "restart", "-m", "fast")
             # the rest of the reply is written after the restart
             gate.release()
             got += await read_all_from(events)
-    message_id = got[0].json()["message_id"]
 
     assert joined(got, start=0) == reply_text(message)
     assert got[-1].json()["message"]["status"] == "complete"

@@ -22,6 +22,7 @@ from tests.support.gateway_harness import (
     read_all,
     read_started,
     read_text,
+    read_to_the_gate,
     reply_text,
     started_gateway,
     stream_events,
@@ -73,10 +74,7 @@ async def test_a_closed_tab_does_not_stop_the_reply(client: httpx2.AsyncClient, 
         message = content("closed tab", f"[[len=1500 {gate.at(100)}]]")
         async with asyncio.timeout(10):
             async with client.stream("POST", "/v1/replies", json={"content": message}) as response:
-                events = stream_events(response)
-                message_id = (await read_started(events))["message_id"]
-                await read_text(events, 100)
-                await assert_streaming(client, message_id)
+                message_id, _ = await read_to_the_gate(stream_events(response), 100, client)
             # the connection is gone: the gateway lets go of its gRPC call, and the reply goes on in genservice
 
             async def reply_stream_closed() -> bool:
@@ -100,10 +98,7 @@ async def test_resuming_with_last_event_id_at_several_cuts_joins_exactly(
         expected = reply_text(message)
         async with asyncio.timeout(15):
             async with client.stream("POST", "/v1/replies", json={"content": message}) as response:
-                events = stream_events(response)
-                message_id = (await read_started(events))["message_id"]
-                deltas = await read_text(events, 30)
-                await events.aclose()
+                message_id, deltas = await read_to_the_gate(stream_events(response), 30, client)
             text = joined(deltas, start=0)
             assert last_id(deltas) == str(len(text))
             # resume mid-reply, twice, each time leaving once the text reaches a further cut
@@ -154,10 +149,7 @@ async def test_a_reply_started_on_one_gateway_resumes_on_another(
         message = content("two gateways", f"[[len=1500 {gate.at(200)}]]")
         async with asyncio.timeout(15):
             async with client.stream("POST", "/v1/replies", json={"content": message}) as response:
-                events = stream_events(response)
-                message_id = (await read_started(events))["message_id"]
-                deltas = await read_text(events, 50)
-                await events.aclose()
+                message_id, deltas = await read_to_the_gate(stream_events(response), 50, client)
             cut = last_id(deltas)
             async with started_gateway(gateway_config(database_url, genservice_target)) as other:
                 async with http_client(other) as other_client:
@@ -233,9 +225,7 @@ async def test_cancel_keeps_the_text_so_far(client: httpx2.AsyncClient, model_se
         async with asyncio.timeout(10):
             async with client.stream("POST", "/v1/replies", json={"content": message}) as response:
                 events = stream_events(response)
-                message_id = (await read_started(events))["message_id"]
-                deltas = await read_text(events, 100)
-                await assert_streaming(client, message_id)
+                message_id, deltas = await read_to_the_gate(events, 100, client)
                 cancelled = await client.post(f"/v1/messages/{message_id}/cancel")
                 assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
                 rest = [e async for e in events]

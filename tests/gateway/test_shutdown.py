@@ -6,7 +6,8 @@ import asyncio
 import signal
 import subprocess
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx2
@@ -21,7 +22,7 @@ from tests.support.gateway_harness import (
     joined,
     read_all,
     read_started,
-    read_text,
+    read_to_the_gate,
     reply_text,
     started_gateway,
     stream_events,
@@ -47,10 +48,7 @@ async def test_shutdown_lets_streams_run_for_the_grace_then_ends_them_cleanly(
             async with started_gateway(config) as leaving, http_client(leaving) as leaving_client:
                 response, events = await open_reply(leaving_client, message)
                 try:
-                    received = [await anext(events)]
-                    received += await read_text(events, 100)
-                    message_id = received[0].json()["message_id"]
-                    await assert_streaming(client, message_id)
+                    message_id, received = await read_to_the_gate(events, 100, client)
                     began = time.monotonic()
                     leaving.server.begin_shutdown()
                     # the stream stays open during the grace period, then ends with a complete body: no error here
@@ -95,29 +93,41 @@ def env_for(database_url: str, genservice_target: str, grace: float) -> dict[str
     }
 
 
+@asynccontextmanager
+async def held_reply_on_a_gateway_process(
+    env: dict[str, str], log: Path, model_server: ModelServer, label: str
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], httpx2.AsyncClient, AsyncGenerator[Event, None], str]]:
+    """A gateway process streaming a reply held at a gate before any text: the process, a client of it, the
+    reply's events after `started`, and its message id."""
+    with model_server.gate() as gate:
+        async with (
+            gateway_process(env, log) as (popen, base_url),
+            httpx2.AsyncClient(base_url=base_url, timeout=CLIENT_TIMEOUT, trust_env=False) as leaving,
+        ):
+            response, events = await open_reply(leaving, content(label, f"[[len=500 {gate.at(0)}]]"))
+            try:
+                message_id = (await read_started(events))["message_id"]
+                yield popen, leaving, events, message_id
+            finally:
+                await response.aclose()
+
+
 async def test_sigterm_drains_and_exits(
     database_url: str, genservice_target: str, tmp_path: Path, client: httpx2.AsyncClient, model_server: ModelServer
 ) -> None:
     env = env_for(database_url, genservice_target, grace=0.3)
     log = tmp_path / "gateway.log"
-    with model_server.gate() as gate:
-        async with gateway_process(env, log) as (popen, base_url):
-            async with httpx2.AsyncClient(base_url=base_url, timeout=CLIENT_TIMEOUT, trust_env=False) as leaving:
-                response, events = await open_reply(leaving, content("sigterm", f"[[len=500 {gate.at(0)}]]"))
-                try:
-                    message_id = (await read_started(events))["message_id"]
-                    await assert_streaming(client, message_id)
-                    popen.send_signal(signal.SIGTERM)
-                    received = [event async for event in events]
-                finally:
-                    await response.aclose()
-                assert "finished" not in [e.event for e in received]
-                assert await exit_code(popen, 10) == 0, log.read_text()
-                try:
-                    await leaving.get("/healthz")
-                    raise AssertionError("the gateway still accepts connections")
-                except httpx2.ConnectError:
-                    pass
+    async with held_reply_on_a_gateway_process(env, log, model_server, "sigterm") as (popen, leaving, events, message):
+        await assert_streaming(client, message)
+        popen.send_signal(signal.SIGTERM)
+        received = [event async for event in events]
+        assert "finished" not in [e.event for e in received]
+        assert await exit_code(popen, 10) == 0, log.read_text()
+        try:
+            await leaving.get("/healthz")
+            raise AssertionError("the gateway still accepts connections")
+        except httpx2.ConnectError:
+            pass
 
 
 async def test_a_second_signal_exits_at_once(
@@ -127,21 +137,14 @@ async def test_a_second_signal_exits_at_once(
     grace = 60.0
     env = env_for(database_url, genservice_target, grace=grace)
     log = tmp_path / "gateway.log"
-    with model_server.gate() as gate:
-        async with gateway_process(env, log) as (popen, base_url):
-            async with httpx2.AsyncClient(base_url=base_url, timeout=CLIENT_TIMEOUT, trust_env=False) as leaving:
-                response, events = await open_reply(leaving, content("impatient", f"[[len=500 {gate.at(0)}]]"))
-                try:
-                    message_id = (await read_started(events))["message_id"]
-                    popen.send_signal(signal.SIGTERM)
-                    await logged(log, "draining")
-                    await assert_streaming(client, message_id)
-                    assert popen.poll() is None, "the gateway exited on the first signal"
-                    began = time.monotonic()
-                    popen.send_signal(signal.SIGINT)
-                    # far from both sides: an exit at once takes well under a second, a drain a minute
-                    await exit_code(popen, grace / 2)
-                    exited_after = time.monotonic() - began
-                finally:
-                    await response.aclose()
+    async with held_reply_on_a_gateway_process(env, log, model_server, "impatient") as (popen, _, _, message):
+        popen.send_signal(signal.SIGTERM)
+        await logged(log, "draining")
+        await assert_streaming(client, message)
+        assert popen.poll() is None, "the gateway exited on the first signal"
+        began = time.monotonic()
+        popen.send_signal(signal.SIGINT)
+        # far from both sides: an exit at once takes well under a second, a drain a minute
+        await exit_code(popen, grace / 2)
+        exited_after = time.monotonic() - began
     assert exited_after < grace / 4, exited_after

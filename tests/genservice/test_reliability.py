@@ -15,30 +15,22 @@ from psycopg.conninfo import conninfo_to_dict
 from genservice.server import running_service
 from genservice.v1 import genservice_pb2 as pb
 from genservice.v1 import genservice_pb2_grpc as pb_grpc
-from tests.support.grpc_replies import assert_streaming, collect, joined, read_started, read_text
+from tests.support.grpc_replies import collect, joined, read_started, read_text, read_to_the_gate
 from tests.support.model_server import ModelServer, expected_reply
-from tests.support.processes import genservice_process
+from tests.support.processes import genservice_process, reply_on_a_genservice_process
 
 
 def user() -> str:
     return f"user-{uuid.uuid4().hex[:8]}"
 
 
-async def read_chars(call, at_least: int) -> tuple[pb.ReplyStarted, str]:
-    started = await read_started(call)
-    return started, await read_text(call, at_least)
-
-
 async def test_a_killed_generation_is_ended_error_with_its_saved_text(stub, database_url, model_server):
     env = {"DATABASE_URL": database_url, "OPENAI_BASE_URL": model_server.base_url, "LEASE_SECONDS": "1"}
     with model_server.gate() as gate:
         user_id, content = user(), f"die [[len=8000 {gate.at(600)}]]"
-        async with genservice_process(env) as doomed, grpc.aio.insecure_channel(doomed.addr) as channel:
-            call = pb_grpc.GenerationServiceStub(channel).StreamReply(
-                pb.StreamReplyRequest(user_id=user_id, content=content)
-            )
-            started, received = await read_chars(call, 600)
-            await assert_streaming(stub, user_id, started.message_id)
+        request = pb.StreamReplyRequest(user_id=user_id, content=content)
+        async with reply_on_a_genservice_process(env, request) as (doomed, call):
+            started, received = await read_to_the_gate(call, 600, stub, user_id)
             # the in-process service follows it from Postgres: once it has the 600 characters, they are saved
             watch = stub.WatchReply(pb.WatchReplyRequest(user_id=user_id, message_id=started.message_id))
             await read_started(watch)
@@ -70,8 +62,7 @@ async def test_sigterm_drains_finishes_what_it_can_and_ends_the_rest_error(datab
             short_call = remote.StreamReply(pb.StreamReplyRequest(user_id=short_user, content=short))
             long_call = remote.StreamReply(pb.StreamReplyRequest(user_id=long_user, content=long))
             for call, user_id, chars in ((short_call, short_user, 10), (long_call, long_user, 100)):
-                started, _ = await read_chars(call, chars)
-                await assert_streaming(remote, user_id, started.message_id)
+                await read_to_the_gate(call, chars, remote, user_id)
             service.signal(signal.SIGTERM)
 
             with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -114,8 +105,7 @@ async def test_a_reply_survives_postgres_refusing_connections_for_a_while(databa
         async with genservice_process(env) as service, grpc.aio.insecure_channel(service.addr) as channel:
             remote = pb_grpc.GenerationServiceStub(channel)
             call = remote.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=content))
-            started, received = await read_chars(call, 300)
-            await assert_streaming(remote, user_id, started.message_id)
+            started, received = await read_to_the_gate(call, 300, remote, user_id)
 
             await set_connections_allowed(database_url, dbname, False)
             try:
@@ -183,12 +173,9 @@ async def test_a_paused_owner_that_lost_its_lease_never_writes_to_the_message_ag
     env = {"DATABASE_URL": database_url, "OPENAI_BASE_URL": model_server.base_url, "LEASE_SECONDS": "1"}
     with model_server.gate() as gate:
         user_id, content = user(), f"pause [[len=6000 {gate.at(300)}]]"
-        async with genservice_process(env) as paused, grpc.aio.insecure_channel(paused.addr) as channel:
-            call = pb_grpc.GenerationServiceStub(channel).StreamReply(
-                pb.StreamReplyRequest(user_id=user_id, content=content)
-            )
-            started, _ = await read_chars(call, 300)
-            await assert_streaming(stub, user_id, started.message_id)
+        request = pb.StreamReplyRequest(user_id=user_id, content=content)
+        async with reply_on_a_genservice_process(env, request) as (paused, call):
+            started, _ = await read_to_the_gate(call, 300, stub, user_id)
             watch = stub.WatchReply(pb.WatchReplyRequest(user_id=user_id, message_id=started.message_id))
             paused.signal(signal.SIGSTOP)
             swept = (await collect(watch, seconds=10))[-1].finished.message

@@ -7,13 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import grpc
-
 from genservice.v1 import genservice_pb2 as pb
-from genservice.v1 import genservice_pb2_grpc as pb_grpc
 from tests.support.grpc_replies import assert_streaming, collect, joined, read_started, read_text
 from tests.support.model_server import ModelServer, expected_reply
-from tests.support.processes import genservice_process
+from tests.support.processes import reply_on_a_genservice_process
 
 
 @asynccontextmanager
@@ -22,10 +19,8 @@ async def reply_on_another_replica(
 ) -> AsyncIterator[tuple[Any, pb.ReplyStarted]]:
     """A reply started on a second genservice process: its open call and its `started` event."""
     env = {"DATABASE_URL": database_url, "OPENAI_BASE_URL": model_server.base_url}
-    async with genservice_process(env) as other, grpc.aio.insecure_channel(other.addr) as channel:
-        call = pb_grpc.GenerationServiceStub(channel).StreamReply(
-            pb.StreamReplyRequest(user_id=user_id, content=content)
-        )
+    request = pb.StreamReplyRequest(user_id=user_id, content=content)
+    async with reply_on_a_genservice_process(env, request) as (_, call):
         yield call, await read_started(call)
 
 

@@ -19,7 +19,7 @@ from tests.support.grpc_replies import (
     collect,
     joined,
     read_started,
-    read_text,
+    read_to_the_gate,
     wait_until_ended,
 )
 from tests.support.model_server import ModelServer, expected_reply
@@ -55,9 +55,8 @@ async def test_a_reply_streams_and_is_saved_complete(stub):
 async def test_a_call_cancelled_half_way_still_saves_the_whole_reply(stub, model_server: ModelServer):
     with model_server.gate() as gate:
         user_id, content = user(), f"long one [[len=3000 {gate.at(500)}]]"
-        call, started = await start(stub, user_id, content)
-        received = await read_text(call, 500)
-        await assert_streaming(stub, user_id, started.message_id)
+        call = stub.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=content))
+        started, received = await read_to_the_gate(call, 500, stub, user_id)
         call.cancel()
 
     saved = await wait_until_ended(stub, user_id, started.message_id)
@@ -135,9 +134,8 @@ async def test_a_model_that_refuses_before_the_first_token_ends_error_with_a_rea
 async def test_cancel_reply_stops_the_generation_and_keeps_the_text(stub, model_server: ModelServer):
     with model_server.gate() as gate:
         user_id, content = user(), f"stop me [[len=5000 {gate.at(100)}]]"
-        call, started = await start(stub, user_id, content)
-        received = await read_text(call, 100)
-        await assert_streaming(stub, user_id, started.message_id)
+        call = stub.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=content))
+        started, received = await read_to_the_gate(call, 100, stub, user_id)
         cancelled = await stub.CancelReply(pb.CancelReplyRequest(user_id=user_id, message_id=started.message_id))
         assert cancelled.status == pb.MESSAGE_STATUS_CANCELLED
         # every character the generation had, and not one more
@@ -214,9 +212,8 @@ async def test_a_second_message_while_one_streams_is_refused_unless_it_interrupt
     user_id = user()
     with model_server.gate() as gate:
         content = f"slow [[len=5000 {gate.at(50)}]]"
-        call, started = await start(stub, user_id, content)
-        received = await read_text(call, 50)
-        await assert_streaming(stub, user_id, started.message_id)
+        call = stub.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=content))
+        started, received = await read_to_the_gate(call, 50, stub, user_id)
         again = pb.StreamReplyRequest(user_id=user_id, conversation_id=started.conversation_id, content="impatient")
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await collect(stub.StreamReply(again))

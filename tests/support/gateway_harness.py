@@ -142,6 +142,16 @@ async def assert_streaming(client: httpx2.AsyncClient, message_id: str) -> None:
     assert status == "streaming", status
 
 
+async def read_to_the_gate(
+    events: AsyncGenerator[Event, None], chars: int, client: httpx2.AsyncClient
+) -> tuple[str, list[Event]]:
+    """A reply's stream held at a gate after `chars`: its message id and deltas to there, once it is streaming."""
+    message_id = str((await read_started(events))["message_id"])
+    deltas = await read_text(events, chars)
+    await assert_streaming(client, message_id)
+    return message_id, deltas
+
+
 def last_id(events: list[Event]) -> str:
     """The id a reconnecting EventSource would send: the last one seen."""
     ids = [event.id for event in events if event.id is not None]

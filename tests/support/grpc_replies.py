@@ -71,3 +71,13 @@ async def assert_streaming(stub: pb_grpc.GenerationServiceStub, user_id: str, me
     """The message is saved as STREAMING right now: what the test does next happens mid-reply."""
     message = await stub.GetMessage(pb.GetMessageRequest(user_id=user_id, message_id=message_id))
     assert message.status == pb.MESSAGE_STATUS_STREAMING, pb.MessageStatus.Name(message.status)
+
+
+async def read_to_the_gate(
+    call: Any, chars: int, stub: pb_grpc.GenerationServiceStub, user_id: str
+) -> tuple[pb.ReplyStarted, str]:
+    """A StreamReply call held at a gate after `chars`: its `started` and its text to there, once STREAMING."""
+    started = await read_started(call)
+    text = await read_text(call, chars)
+    await assert_streaming(stub, user_id, started.message_id)
+    return started, text

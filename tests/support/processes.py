@@ -12,10 +12,14 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from genservice.v1 import genservice_pb2 as pb
+from genservice.v1 import genservice_pb2_grpc as pb_grpc
 
 
 def free_port() -> int:
@@ -68,6 +72,15 @@ async def genservice_process(env: Mapping[str, str]) -> AsyncIterator[Process]:
         if popen.poll() is None:
             popen.send_signal(signal.SIGKILL)
         popen.wait(10)
+
+
+@asynccontextmanager
+async def reply_on_a_genservice_process(
+    env: Mapping[str, str], request: pb.StreamReplyRequest
+) -> AsyncIterator[tuple[Process, Any]]:
+    """A reply started on a genservice process of its own: the process and the open StreamReply call."""
+    async with genservice_process(env) as process, grpc.aio.insecure_channel(process.addr) as channel:
+        yield process, pb_grpc.GenerationServiceStub(channel).StreamReply(request)
 
 
 @asynccontextmanager
