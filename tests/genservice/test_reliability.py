@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import signal
 import uuid
@@ -169,7 +170,41 @@ async def test_an_unreachable_model_ends_error_with_a_reason(genservice_config):
     assert "could not reach the model" in final.error
 
 
-async def test_a_paused_owner_that_lost_its_lease_never_writes_to_the_message_again(stub, database_url, model_server):
+async def sweep_waits_on_a_lock(pool) -> bool:
+    """Whether a sweep waits for a message's row lock, held by an owner paused in the middle of a transaction."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT count(*) AS n FROM pg_stat_activity"
+            " WHERE query LIKE 'UPDATE messages%%' AND cardinality(pg_blocking_pids(pid)) > 0"
+        )
+        row = await cursor.fetchone()
+    return bool(row["n"])
+
+
+async def pause_until_swept(process, watching: asyncio.Task[list[pb.ReplyEvent]], pool) -> None:
+    """SIGSTOP the owner until the sweep ends its message (the watcher's task ends).
+
+    A pause that lands inside one of the owner's transactions keeps its row lock, and the sweep waits for it
+    as long as the pause lasts (genservice sets no idle-in-transaction timeout): then the owner goes on and is
+    paused again.
+    """
+    while True:
+        process.signal(signal.SIGSTOP)
+        while not watching.done():
+            if await sweep_waits_on_a_lock(pool):
+                break
+            await asyncio.wait({watching}, timeout=0.05)
+        else:
+            return
+        process.signal(signal.SIGCONT)
+        async with asyncio.timeout(10):
+            while await sweep_waits_on_a_lock(pool):
+                await asyncio.sleep(0.02)
+
+
+async def test_a_paused_owner_that_lost_its_lease_never_writes_to_the_message_again(
+    stub, database_url, model_server, pool
+):
     env = {"DATABASE_URL": database_url, "OPENAI_BASE_URL": model_server.base_url, "LEASE_SECONDS": "1"}
     with model_server.gate() as gate:
         user_id, content = user(), f"pause [[len=6000 {gate.at(300)}]]"
@@ -177,8 +212,12 @@ async def test_a_paused_owner_that_lost_its_lease_never_writes_to_the_message_ag
         async with reply_on_a_genservice_process(env, request) as (paused, call):
             started, _ = await read_to_the_gate(call, 300, stub, user_id)
             watch = stub.WatchReply(pb.WatchReplyRequest(user_id=user_id, message_id=started.message_id))
-            paused.signal(signal.SIGSTOP)
-            swept = (await collect(watch, seconds=10))[-1].finished.message
+            watching = asyncio.create_task(collect(watch, seconds=20))
+            try:
+                await pause_until_swept(paused, watching, pool)
+            finally:
+                watching.cancel()
+            swept = watching.result()[-1].finished.message
             # the model goes on, so the owner wakes up with text it must not write
             gate.release()
             paused.signal(signal.SIGCONT)
