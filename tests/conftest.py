@@ -48,7 +48,8 @@ def genservice_config(database_url: str, model_server: ModelServer) -> GenServic
         addr="127.0.0.1:0",
         database_url=database_url,
         openai_base_url=model_server.base_url,
-        model_idle_timeout=2.0,
+        # longer than any test holds a reply at a gate of the model server
+        model_idle_timeout=30.0,
         lease_seconds=3.0,
         model_max_retries=2,
         shutdown_grace_seconds=5.0,

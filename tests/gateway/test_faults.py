@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncGenerator
 from urllib.parse import quote
 
 import httpx2
@@ -19,27 +21,33 @@ from tests.support.gateway_harness import (
     listener_pids,
     metric,
     read_all,
+    read_started,
+    read_to_the_gate,
     reply_text,
     stream_events,
     until,
 )
+from tests.support.model_server import ModelServer
 from tests.support.postgres_control import data_directory, pg_ctl
 
 
 async def test_a_killed_listen_connection_costs_latency_not_text(
-    gateway: RunningGateway, client: httpx2.AsyncClient, pool: Pool
+    gateway: RunningGateway, client: httpx2.AsyncClient, pool: Pool, model_server: ModelServer
 ) -> None:
     listener = gateway.config.listener_name
-    message = content("listener lost", "[[len=2500 chunk=5 delay=0.004]]")
-    async with client.stream("POST", "/v1/replies", json={"content": message}) as response:
-        message_id = (await anext(stream_events(response))).json()["message_id"]
-    async with client.stream("GET", f"/v1/messages/{message_id}/events") as response:
-        events = stream_events(response)
-        got = [await anext(events) for _ in range(20)]
-        [pid] = await listener_pids(pool, listener)
-        async with pool.connection() as conn:
-            await conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        got += await read_all_from(events)
+    with model_server.gate() as gate:
+        message = content("listener lost", f"[[len=2500 {gate.at(300)}]]")
+        async with client.stream("POST", "/v1/replies", json={"content": message}) as response:
+            message_id = (await read_started(stream_events(response)))["message_id"]
+        async with client.stream("GET", f"/v1/messages/{message_id}/events") as response:
+            events = stream_events(response)
+            _, got = await read_to_the_gate(events, 300, client)
+            [pid] = await listener_pids(pool, listener)
+            async with pool.connection() as conn:
+                await conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            # the rest of the reply is written after the LISTEN connection died
+            gate.release()
+            got += await read_all_from(events)
 
     assert got[-1].event == "finished"
     assert joined(got, start=0) == reply_text(message) == got[-1].json()["message"]["content"]
@@ -54,21 +62,26 @@ async def test_a_killed_listen_connection_costs_latency_not_text(
     assert await metric(client, "gateway_notification_lag_seconds_sum") >= 0
 
 
-async def read_all_from(events) -> list[Event]:
-    return [event async for event in events]
+async def read_all_from(events: AsyncGenerator[Event, None]) -> list[Event]:
+    async with asyncio.timeout(15):
+        return [event async for event in events]
 
 
-async def test_a_reply_survives_a_postgres_restart(gateway: RunningGateway, client: httpx2.AsyncClient, database_url):
+async def test_a_reply_survives_a_postgres_restart(
+    gateway: RunningGateway, client: httpx2.AsyncClient, database_url: str, model_server: ModelServer
+) -> None:
     data_dir = await data_directory(database_url)
     if data_dir is None:
         pytest.skip("the tests' Postgres is not on this machine (DATABASE_URL elsewhere): cannot restart it")
-    message = content("restart", "[[len=3000 chunk=5 delay=0.004]]")
-    async with client.stream("POST", "/v1/replies", json={"content": message}) as response:
-        events = stream_events(response)
-        got = [await anext(events) for _ in range(30)]
-        pg_ctl(data_dir, "restart", "-m", "fast")
-        got += await read_all_from(events)
-    message_id = got[0].json()["message_id"]
+    with model_server.gate() as gate:
+        message = content("restart", f"[[len=3000 {gate.at(150)}]]")
+        async with client.stream("POST", "/v1/replies", json={"content": message}) as response:
+            events = stream_events(response)
+            message_id, got = await read_to_the_gate(events, 150, client)
+            pg_ctl(data_dir, "restart", "-m", "fast")
+            # the rest of the reply is written after the restart
+            gate.release()
+            got += await read_all_from(events)
 
     assert joined(got, start=0) == reply_text(message)
     assert got[-1].json()["message"]["status"] == "complete"

@@ -13,7 +13,8 @@ import pytest
 from playwright.async_api import Browser, Locator, Page, Route, async_playwright
 
 from gateway.server import RunningGateway
-from tests.support.gateway_harness import content, http_client, reply_text
+from tests.support.gateway_harness import assert_streaming, content, http_client, reply_text
+from tests.support.model_server import ModelServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Chromium's own background traffic is refused on this closed network; keep it quiet
@@ -47,38 +48,44 @@ async def browser() -> AsyncIterator[Browser]:
 
 @pytest.mark.parametrize("cut", ["reload", "close and reopen"])
 async def test_a_reply_survives_the_tab_going_away_and_shows_exactly_once(
-    browser: Browser, gateway: RunningGateway, cut: str
+    browser: Browser, gateway: RunningGateway, model_server: ModelServer, cut: str
 ) -> None:
-    message = content("page", "[[len=2500 chunk=5 delay=0.004]]")
-    page = await browser.new_page()
-    try:
-        await page.goto(gateway.base_url + "/")
-        await page.fill("#composer-input", message)
-        await page.click("#send")
-        await page.wait_for_function(
-            """() => {
-                const all = document.querySelectorAll('.message[data-role="assistant"]');
-                return all.length > 0 && [...all[all.length - 1].dataset.text].length > 300;
-            }""",
-            timeout=10_000,
-        )
-        assert "?c=" in page.url
-        if cut == "reload":
-            await page.reload()
-        else:
-            url = page.url
-            await page.close()
-            page = await browser.new_page()
-            await page.goto(url)
+    with model_server.gate() as gate:
+        message = content("page", f"[[len=2500 {gate.at(300)}]]")
+        page = await browser.new_page()
+        try:
+            await page.goto(gateway.base_url + "/")
+            await page.fill("#composer-input", message)
+            await page.click("#send")
+            await page.wait_for_function(
+                """() => {
+                    const all = document.querySelectorAll('.message[data-role="assistant"]');
+                    return all.length > 0 && [...all[all.length - 1].dataset.text].length >= 300;
+                }""",
+                timeout=10_000,
+            )
+            assert "?c=" in page.url
+            message_id = await page.locator('.message[data-role="assistant"]').last.get_attribute("data-message-id")
+            assert message_id is not None
+            async with http_client(gateway) as client:
+                await assert_streaming(client, message_id)
+            if cut == "reload":
+                await page.reload()
+            else:
+                url = page.url
+                await page.close()
+                page = await browser.new_page()
+                await page.goto(url)
+            gate.release()
 
-        assistant = page.locator('.message[data-role="assistant"]').last
-        await assistant.and_(page.locator('[data-status="complete"]')).wait_for(timeout=15_000)
-        message_id = await assistant.get_attribute("data-message-id")
-        shown = await assistant.get_attribute("data-text")
-        async with http_client(gateway) as client:
-            saved = (await client.get(f"/v1/messages/{message_id}")).json()
-    finally:
-        await page.close()
+            assistant = page.locator('.message[data-role="assistant"]').last
+            await assistant.and_(page.locator('[data-status="complete"]')).wait_for(timeout=15_000)
+            assert await assistant.get_attribute("data-message-id") == message_id
+            shown = await assistant.get_attribute("data-text")
+            async with http_client(gateway) as client:
+                saved = (await client.get(f"/v1/messages/{message_id}")).json()
+        finally:
+            await page.close()
 
     assert saved["status"] == "complete"
     assert saved["content"] == reply_text(message)

@@ -1,4 +1,4 @@
-"""The tests' model server, seen through the real openai client, and the demo-llm entry point."""
+"""The tests' model server and the demo-llm program, seen through the real openai client."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from genservice.demo_llm.app import DemoLLMConfig, demo_reply_text
-from tests.support.model_server import ModelServer, expected_reply
+from genservice.demo_llm.app import demo_reply_text
+from genservice.demo_llm.config import DemoLLMConfig
+from tests.support.model_server import ModelServer, expected_reply, parse_directive
+from tests.support.processes import free_port, http_process
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +111,69 @@ async def test_a_bad_directive_is_a_bad_request(client: openai.AsyncOpenAI) -> N
     async with asyncio.timeout(10):
         with pytest.raises(openai.BadRequestError, match="lenght"):
             await stream_into(client, "hi [[lenght=5]]", [])
+
+
+async def test_a_gate_holds_the_stream_at_its_count_until_released(
+    client: openai.AsyncOpenAI, model_server: ModelServer
+) -> None:
+    with model_server.gate() as gate:
+        content = f"hold on [[len=200 chunk=7 {gate.at(50)}]]"
+        received: list[str] = []
+        streaming = asyncio.create_task(stream_into(client, content, received))
+        try:
+            await gate.reached()
+            # held: with no pace, the other 150 characters would come at once
+            done, _ = await asyncio.wait({streaming}, timeout=0.5)
+            assert not done
+            assert "".join(received) == expected_reply(content)[:50]
+            gate.release()
+            async with asyncio.timeout(10):
+                await streaming
+        finally:
+            streaming.cancel()
+    assert "".join(received) == expected_reply(content)
+    # a released gate lets later streams through
+    again: list[str] = []
+    async with asyncio.timeout(10):
+        await stream_into(client, content, again)
+    assert "".join(again) == expected_reply(content)
+
+
+async def test_a_gate_no_stream_reaches_times_out_and_an_unknown_gate_is_a_bad_request(
+    client: openai.AsyncOpenAI, model_server: ModelServer
+) -> None:
+    with model_server.gate() as gate:
+        with pytest.raises(TimeoutError, match=gate.name):
+            await gate.reached(seconds=0.1)
+    async with asyncio.timeout(10):
+        with pytest.raises(openai.BadRequestError, match="no gate named"):
+            await stream_into(client, "hi [[gate=nowhere]]", [])
+    with pytest.raises(ValueError, match="needs gate"):
+        parse_directive("hi [[hold_after=3]]")
+
+
+async def test_the_demo_llm_program_streams_its_reply_as_openai_does(tmp_path: Path) -> None:
+    addr = f"127.0.0.1:{free_port()}"
+    args, env = ["-m", "genservice.demo_llm", "--addr", addr], {"DEMO_LLM_DELAY": "0", "DEMO_LLM_CHUNK": "9"}
+    question = "What is the weather like in Paris today, please?"
+    async with (
+        http_process(args, env, tmp_path / "demo-llm.log", f"http://{addr}/v1/models"),
+        openai.AsyncOpenAI(base_url=f"http://{addr}/v1", api_key="unused", max_retries=0) as client,
+        asyncio.timeout(10),
+    ):
+        stream = await client.chat.completions.create(
+            model="demo",
+            messages=[{"role": "user", "content": question}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+        whole = await client.chat.completions.create(model="demo", messages=[{"role": "user", "content": question}])
+    pieces = [choice.delta.content or "" for chunk in chunks for choice in chunk.choices]
+    assert "".join(pieces) == demo_reply_text(question) == whole.choices[0].message.content
+    assert max(len(piece) for piece in pieces) == 9
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
 def test_demo_llm_help_exits_0() -> None:

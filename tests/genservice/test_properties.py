@@ -12,34 +12,40 @@ from hypothesis import strategies as st
 
 from genservice.v1 import genservice_pb2 as pb
 from genservice.v1 import genservice_pb2_grpc as pb_grpc
-from tests.support.grpc_replies import collect, joined
-from tests.support.model_server import expected_reply
+from tests.support.grpc_replies import assert_streaming, collect, joined, read_started
+from tests.support.model_server import ModelServer, expected_reply
 
-CONTENT = "cut me anywhere [[len=1200 chunk=7 delay=0.001]]"
+CONTENT = "cut me anywhere [[len=1200 chunk=7]]"
 EXPECTED = expected_reply(CONTENT)
 
 
-async def test_resuming_a_live_reply_at_random_cuts_joins_exactly(stub):
-    """A caller that stops at random offsets and resumes each time, while the reply is being written."""
+async def test_resuming_a_live_reply_at_random_cuts_joins_exactly(stub, model_server: ModelServer):
+    """A caller that stops at cuts around the saves and resumes each time, while the reply is being written."""
     user_id = f"user-{uuid.uuid4().hex[:8]}"
-    call = stub.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=CONTENT))
-    message_id = (await call.read()).started.message_id
-    cuts = sorted({0, 1, 5, 199, 200, 201, 333, 600, 999, len(EXPECTED)})
-    text = ""
-    for cut in cuts:
-        request = pb.WatchReplyRequest(user_id=user_id, message_id=message_id, offset=len(text))
-        watch = stub.WatchReply(request)
-        async with asyncio.timeout(10):
-            while len(text) < cut:
-                event = await watch.read()
-                if event.HasField("delta"):
-                    assert event.delta.offset == len(text)
-                    text += event.delta.text
-                if event.HasField("finished"):
-                    break
-        watch.cancel()
-    call.cancel()
-    assert text == EXPECTED
+    with model_server.gate() as gate:
+        content = f"cut me while live [[len=1200 chunk=7 {gate.at(1000)}]]"
+        expected = expected_reply(content)
+        call = stub.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=content))
+        message_id = (await read_started(call)).message_id
+        text = ""
+        for cut in (0, 1, 5, 199, 200, 201, 333, 600, 999, len(expected)):
+            if cut == len(expected):
+                # every cut before this one was resumed while the reply was still being written
+                await assert_streaming(stub, user_id, message_id)
+                gate.release()
+            watch = stub.WatchReply(pb.WatchReplyRequest(user_id=user_id, message_id=message_id, offset=len(text)))
+            await read_started(watch)
+            async with asyncio.timeout(10):
+                while len(text) < cut:
+                    event = await watch.read()
+                    if event.HasField("delta"):
+                        assert event.delta.offset == len(text)
+                        text += event.delta.text
+                    if event.HasField("finished"):
+                        break
+            watch.cancel()
+        call.cancel()
+    assert text == expected
 
 
 @pytest.fixture(scope="session")

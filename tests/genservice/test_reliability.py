@@ -16,76 +16,72 @@ from psycopg.conninfo import conninfo_to_dict
 from genservice.server import running_service
 from genservice.v1 import genservice_pb2 as pb
 from genservice.v1 import genservice_pb2_grpc as pb_grpc
-from tests.support.grpc_replies import collect, joined
+from tests.support.grpc_replies import collect, joined, read_started, read_text, read_to_the_gate
 from tests.support.model_server import ModelServer, expected_reply
-from tests.support.processes import genservice_process
+from tests.support.processes import genservice_process, reply_on_a_genservice_process
 
 
 def user() -> str:
     return f"user-{uuid.uuid4().hex[:8]}"
 
 
-async def read_chars(call, at_least: int) -> tuple[pb.ReplyStarted, str]:
-    started = (await call.read()).started
-    received = ""
-    async with asyncio.timeout(10):
-        while len(received) < at_least:
-            received += (await call.read()).delta.text
-    return started, received
-
-
 async def test_a_killed_generation_is_ended_error_with_its_saved_text(stub, database_url, model_server):
-    user_id, content = user(), "die [[len=8000 chunk=5 delay=0.01]]"
     env = {"DATABASE_URL": database_url, "OPENAI_BASE_URL": model_server.base_url, "LEASE_SECONDS": "1"}
-    async with genservice_process(env) as doomed, grpc.aio.insecure_channel(doomed.addr) as channel:
-        call = pb_grpc.GenerationServiceStub(channel).StreamReply(
-            pb.StreamReplyRequest(user_id=user_id, content=content)
-        )
-        started, received = await read_chars(call, 600)
-        watch = stub.WatchReply(pb.WatchReplyRequest(user_id=user_id, message_id=started.message_id))
-        doomed.signal(signal.SIGKILL)
-        await doomed.wait()
+    with model_server.gate() as gate:
+        user_id, content = user(), f"die [[len=8000 {gate.at(600)}]]"
+        request = pb.StreamReplyRequest(user_id=user_id, content=content)
+        async with reply_on_a_genservice_process(env, request) as (doomed, call):
+            started, received = await read_to_the_gate(call, 600, stub, user_id)
+            # the in-process service follows it from Postgres: once it has the 600 characters, they are saved
+            watch = stub.WatchReply(pb.WatchReplyRequest(user_id=user_id, message_id=started.message_id))
+            await read_started(watch)
+            saved = await read_text(watch, 600)
+            doomed.signal(signal.SIGKILL)
+            await doomed.wait()
 
-        # the in-process service's sweeper notices the expired lease; the watcher gets `finished`
-        watched = await collect(watch, seconds=10)
+            # its sweeper notices the expired lease; the watcher gets `finished`
+            rest = await collect(watch, seconds=10)
 
-    final = watched[-1].finished.message
+    final = rest[-1].finished.message
     assert final.status == pb.MESSAGE_STATUS_ERROR
     assert "interrupted" in final.error
-    assert joined(watched) == final.content
-    # every saved character is kept: at most one save (200 characters) behind what the caller saw
-    assert expected_reply(content).startswith(final.content)
-    assert len(final.content) >= len(received) - 200
+    # every saved character is kept
+    assert final.content == saved + joined(rest) == received == expected_reply(content)[:600]
 
 
 async def test_sigterm_drains_finishes_what_it_can_and_ends_the_rest_error(database_url, model_server):
     env = {
         "DATABASE_URL": database_url,
         "OPENAI_BASE_URL": model_server.base_url,
-        "SHUTDOWN_GRACE_SECONDS": "1.5",
+        "SHUTDOWN_GRACE_SECONDS": "3",
     }
-    short, long = "short [[len=300 chunk=5 delay=0.01]]", "long [[len=20000 chunk=5 delay=0.01]]"
-    async with genservice_process(env) as service, grpc.aio.insecure_channel(service.addr) as channel:
-        remote = pb_grpc.GenerationServiceStub(channel)
-        short_call = remote.StreamReply(pb.StreamReplyRequest(user_id=user(), content=short))
-        long_call = remote.StreamReply(pb.StreamReplyRequest(user_id=user(), content=long))
-        await read_chars(short_call, 10)
-        await read_chars(long_call, 10)
-        service.signal(signal.SIGTERM)
+    with model_server.gate() as short_gate, model_server.gate() as long_gate:
+        short, long = f"short [[len=300 {short_gate.at(10)}]]", f"long [[len=20000 {long_gate.at(100)}]]"
+        async with genservice_process(env) as service, grpc.aio.insecure_channel(service.addr) as channel:
+            remote = pb_grpc.GenerationServiceStub(channel)
+            short_user, long_user = user(), user()
+            short_call = remote.StreamReply(pb.StreamReplyRequest(user_id=short_user, content=short))
+            long_call = remote.StreamReply(pb.StreamReplyRequest(user_id=long_user, content=long))
+            for call, user_id, chars in ((short_call, short_user, 10), (long_call, long_user, 100)):
+                await read_to_the_gate(call, chars, remote, user_id)
+            service.signal(signal.SIGTERM)
 
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await collect(remote.StreamReply(pb.StreamReplyRequest(user_id=user(), content="too late")))
-        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await collect(remote.StreamReply(pb.StreamReplyRequest(user_id=user(), content="too late")))
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            # the short reply can end within the grace period; the long one stays held past it
+            short_gate.release()
 
-        short_end = (await collect(short_call))[-1].finished.message
-        long_end = (await collect(long_call))[-1].finished.message
-        assert await service.wait() == 0
+            short_end = (await collect(short_call))[-1].finished.message
+            long_end = (await collect(long_call))[-1].finished.message
+            assert await service.wait() == 0
 
     assert short_end.status == pb.MESSAGE_STATUS_COMPLETE
     assert short_end.content == expected_reply(short)
     assert long_end.status == pb.MESSAGE_STATUS_ERROR
     assert "shut down" in long_end.error
-    assert expected_reply(long).startswith(long_end.content) and len(long_end.content) > 10
+    # ended with every character it had
+    assert long_end.content == expected_reply(long)[:100]
 
 
 async def set_connections_allowed(database_url: str, dbname: str, allowed: bool) -> None:
@@ -103,27 +99,28 @@ async def set_connections_allowed(database_url: str, dbname: str, allowed: bool)
 
 async def test_a_reply_survives_postgres_refusing_connections_for_a_while(database_url, fresh_database, model_server):
     dbname = str(conninfo_to_dict(fresh_database)["dbname"])
-    user_id, content = user(), "outage [[len=4000 chunk=5 delay=0.01]]"
     env = {"DATABASE_URL": fresh_database, "OPENAI_BASE_URL": model_server.base_url}
-    async with genservice_process(env) as service, grpc.aio.insecure_channel(service.addr) as channel:
-        remote = pb_grpc.GenerationServiceStub(channel)
-        call = remote.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=content))
-        started, received = await read_chars(call, 300)
+    with model_server.gate() as gate:
+        # paced after the gate: a caller that falls behind a burst goes on from Postgres, which refuses it here
+        user_id, content = user(), f"outage [[len=4000 chunk=5 delay=0.01 {gate.at(300)}]]"
+        async with genservice_process(env) as service, grpc.aio.insecure_channel(service.addr) as channel:
+            remote = pb_grpc.GenerationServiceStub(channel)
+            call = remote.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=content))
+            started, received = await read_to_the_gate(call, 300, remote, user_id)
 
-        await set_connections_allowed(database_url, dbname, False)
-        try:
-            # live callers keep getting text while nothing can be saved
-            async with asyncio.timeout(10):
-                while len(received) < 1500:
-                    received += (await call.read()).delta.text
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await collect(remote.StreamReply(pb.StreamReplyRequest(user_id=user(), content="new")))
-            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-        finally:
-            await set_connections_allowed(database_url, dbname, True)
+            await set_connections_allowed(database_url, dbname, False)
+            try:
+                # the model goes on while nothing can be saved, and live callers keep getting its text
+                gate.release()
+                received += await read_text(call, 1500 - len(received))
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await collect(remote.StreamReply(pb.StreamReplyRequest(user_id=user(), content="new")))
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            finally:
+                await set_connections_allowed(database_url, dbname, True)
 
-        rest = await collect(call, seconds=20)
-        saved = await remote.GetMessage(pb.GetMessageRequest(user_id=user_id, message_id=started.message_id))
+            rest = await collect(call, seconds=20)
+            saved = await remote.GetMessage(pb.GetMessageRequest(user_id=user_id, message_id=started.message_id))
 
     assert received + joined(rest) == expected_reply(content)
     assert saved.status == pb.MESSAGE_STATUS_COMPLETE
@@ -173,18 +170,56 @@ async def test_an_unreachable_model_ends_error_with_a_reason(genservice_config):
     assert "could not reach the model" in final.error
 
 
-async def test_a_paused_owner_that_lost_its_lease_never_writes_to_the_message_again(stub, database_url, model_server):
-    user_id, content = user(), "pause [[len=6000 chunk=5 delay=0.005]]"
+async def sweep_waits_on_a_lock(pool) -> bool:
+    """Whether a sweep waits for a message's row lock, held by an owner paused in the middle of a transaction."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT count(*) AS n FROM pg_stat_activity"
+            " WHERE query LIKE 'UPDATE messages%%' AND cardinality(pg_blocking_pids(pid)) > 0"
+        )
+        row = await cursor.fetchone()
+    return bool(row["n"])
+
+
+async def pause_until_swept(process, watching: asyncio.Task[list[pb.ReplyEvent]], pool) -> None:
+    """SIGSTOP the owner until the sweep ends its message (the watcher's task ends).
+
+    A pause that lands inside one of the owner's transactions keeps its row lock, and the sweep waits for it
+    as long as the pause lasts (genservice sets no idle-in-transaction timeout): then the owner goes on and is
+    paused again.
+    """
+    while True:
+        process.signal(signal.SIGSTOP)
+        while not watching.done():
+            if await sweep_waits_on_a_lock(pool):
+                break
+            await asyncio.wait({watching}, timeout=0.05)
+        else:
+            return
+        process.signal(signal.SIGCONT)
+        async with asyncio.timeout(10):
+            while await sweep_waits_on_a_lock(pool):
+                await asyncio.sleep(0.02)
+
+
+async def test_a_paused_owner_that_lost_its_lease_never_writes_to_the_message_again(
+    stub, database_url, model_server, pool
+):
     env = {"DATABASE_URL": database_url, "OPENAI_BASE_URL": model_server.base_url, "LEASE_SECONDS": "1"}
-    async with genservice_process(env) as paused:
-        async with grpc.aio.insecure_channel(paused.addr) as channel:
-            call = pb_grpc.GenerationServiceStub(channel).StreamReply(
-                pb.StreamReplyRequest(user_id=user_id, content=content)
-            )
-            started, _ = await read_chars(call, 300)
+    with model_server.gate() as gate:
+        user_id, content = user(), f"pause [[len=6000 {gate.at(300)}]]"
+        request = pb.StreamReplyRequest(user_id=user_id, content=content)
+        async with reply_on_a_genservice_process(env, request) as (paused, call):
+            started, _ = await read_to_the_gate(call, 300, stub, user_id)
             watch = stub.WatchReply(pb.WatchReplyRequest(user_id=user_id, message_id=started.message_id))
-            paused.signal(signal.SIGSTOP)
-            swept = (await collect(watch, seconds=10))[-1].finished.message
+            watching = asyncio.create_task(collect(watch, seconds=20))
+            try:
+                await pause_until_swept(paused, watching, pool)
+            finally:
+                watching.cancel()
+            swept = watching.result()[-1].finished.message
+            # the model goes on, so the owner wakes up with text it must not write
+            gate.release()
             paused.signal(signal.SIGCONT)
             # back from its pause, the owner finds its lease gone: its caller is told the truth from Postgres
             told = (await collect(call, seconds=10))[-1].finished.message

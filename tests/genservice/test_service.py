@@ -14,7 +14,14 @@ import pytest
 
 from genservice.replies.notices import CHANNEL
 from genservice.v1 import genservice_pb2 as pb
-from tests.support.grpc_replies import collect, joined, wait_until_ended
+from tests.support.grpc_replies import (
+    assert_streaming,
+    collect,
+    joined,
+    read_started,
+    read_to_the_gate,
+    wait_until_ended,
+)
 from tests.support.model_server import ModelServer, expected_reply
 
 SLOW = "chunk=5 delay=0.004"
@@ -27,10 +34,7 @@ def user() -> str:
 async def start(stub, user_id: str, content: str, **fields):
     """Start a reply and read up to its `started` event; the call stays open."""
     call = stub.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=content, **fields))
-    async with asyncio.timeout(10):
-        first = await call.read()
-    assert first.HasField("started")
-    return call, first.started
+    return call, await read_started(call)
 
 
 async def test_a_reply_streams_and_is_saved_complete(stub):
@@ -48,15 +52,12 @@ async def test_a_reply_streams_and_is_saved_complete(stub):
     assert saved.content == expected_reply(content)
 
 
-async def test_a_call_cancelled_half_way_still_saves_the_whole_reply(stub):
-    user_id, content = user(), f"long one [[len=3000 {SLOW}]]"
-    call, started = await start(stub, user_id, content)
-    received = ""
-    async with asyncio.timeout(10):
-        while len(received) < 500:
-            event = await call.read()
-            received += event.delta.text
-    call.cancel()
+async def test_a_call_cancelled_half_way_still_saves_the_whole_reply(stub, model_server: ModelServer):
+    with model_server.gate() as gate:
+        user_id, content = user(), f"long one [[len=3000 {gate.at(500)}]]"
+        call = stub.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=content))
+        started, received = await read_to_the_gate(call, 500, stub, user_id)
+        call.cancel()
 
     saved = await wait_until_ended(stub, user_id, started.message_id)
     assert saved.status == pb.MESSAGE_STATUS_COMPLETE
@@ -130,30 +131,34 @@ async def test_a_model_that_refuses_before_the_first_token_ends_error_with_a_rea
     assert "401" in final.error
 
 
-async def test_cancel_reply_stops_the_generation_and_keeps_the_text(stub):
-    user_id, content = user(), "stop me [[len=5000 chunk=5 delay=0.01]]"
-    call, started = await start(stub, user_id, content)
-    async with asyncio.timeout(10):
-        received = ""
-        while len(received) < 100:
-            received += (await call.read()).delta.text
-    cancelled = await stub.CancelReply(pb.CancelReplyRequest(user_id=user_id, message_id=started.message_id))
-    assert cancelled.status == pb.MESSAGE_STATUS_CANCELLED
-    assert expected_reply(content).startswith(cancelled.content)
-    assert len(cancelled.content) >= len(received)
-    rest = await collect(call)
+async def test_cancel_reply_stops_the_generation_and_keeps_the_text(stub, model_server: ModelServer):
+    with model_server.gate() as gate:
+        user_id, content = user(), f"stop me [[len=5000 {gate.at(100)}]]"
+        call = stub.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=content))
+        started, received = await read_to_the_gate(call, 100, stub, user_id)
+        cancelled = await stub.CancelReply(pb.CancelReplyRequest(user_id=user_id, message_id=started.message_id))
+        assert cancelled.status == pb.MESSAGE_STATUS_CANCELLED
+        # every character the generation had, and not one more
+        assert cancelled.content == expected_reply(content)[:100]
+        rest = await collect(call)
     assert rest[-1].finished.message.status == pb.MESSAGE_STATUS_CANCELLED
     assert received + joined(rest) == cancelled.content
 
 
 @pytest.mark.parametrize("cut", ["start", "middle", "end"])
-async def test_watch_reply_from_any_offset_joins_exactly_live_and_finished(stub, cut):
-    user_id, content = user(), f"watch me [[len=1500 {SLOW}]]"
-    expected = expected_reply(content)
-    offset = {"start": 0, "middle": 777, "end": len(expected)}[cut]
-    call, started = await start(stub, user_id, content)
-    watch = pb.WatchReplyRequest(user_id=user_id, message_id=started.message_id, offset=offset)
-    live = await collect(stub.WatchReply(watch))
+async def test_watch_reply_from_any_offset_joins_exactly_live_and_finished(stub, model_server: ModelServer, cut):
+    with model_server.gate() as gate:
+        user_id, content = user(), f"watch me [[len=1500 {gate.at(777)}]]"
+        expected = expected_reply(content)
+        offset = {"start": 0, "middle": 777, "end": len(expected)}[cut]
+        call, started = await start(stub, user_id, content)
+        await gate.reached()
+        await assert_streaming(stub, user_id, started.message_id)
+        watch = pb.WatchReplyRequest(user_id=user_id, message_id=started.message_id, offset=offset)
+        live_call = stub.WatchReply(watch)
+        await read_started(live_call)
+        gate.release()
+        live = await collect(live_call)
     call.cancel()
     finished = await collect(stub.WatchReply(watch))
 
@@ -164,19 +169,26 @@ async def test_watch_reply_from_any_offset_joins_exactly_live_and_finished(stub,
 
 
 async def test_the_idempotency_key_starts_no_second_generation(stub, model_server: ModelServer):
-    user_id, content, key = user(), f"once only [[len=400 {SLOW}]]", uuid.uuid4().hex
-    request = pb.StreamReplyRequest(user_id=user_id, content=content, request_id=key)
-    first, second = await asyncio.gather(collect(stub.StreamReply(request)), collect(stub.StreamReply(request)))
+    with model_server.gate() as gate:
+        user_id, content, key = user(), f"once only [[len=400 {gate.at(100)}]]", uuid.uuid4().hex
+        request = pb.StreamReplyRequest(user_id=user_id, content=content, request_id=key)
+        first_call, started = await start(stub, user_id, content, request_id=key)
+        await gate.reached()
+        await assert_streaming(stub, user_id, started.message_id)
+        # the same request again while the first one streams: it joins that generation
+        second_call = stub.StreamReply(request)
+        assert (await read_started(second_call)).message_id == started.message_id
+        gate.release()
+        first, second = await asyncio.gather(collect(first_call), collect(second_call))
     retry = await collect(stub.StreamReply(request))
 
-    ids = {events[0].started.message_id for events in (first, second, retry)}
-    assert len(ids) == 1
+    assert retry[0].started.message_id == started.message_id
     for events in (first, second, retry):
         assert joined(events) == expected_reply(content)
     sent_to_model = [r for r in model_server.requests if r["messages"][-1]["content"] == content]
     assert len(sent_to_model) == 1
     conversation = await stub.ListMessages(
-        pb.ListMessagesRequest(user_id=user_id, conversation_id=first[0].started.conversation_id)
+        pb.ListMessagesRequest(user_id=user_id, conversation_id=started.conversation_id)
     )
     assert [m.role for m in conversation.messages] == [pb.ROLE_USER, pb.ROLE_ASSISTANT]
 
@@ -196,20 +208,25 @@ async def test_the_model_gets_the_conversation_history(stub, model_server: Model
     ]
 
 
-async def test_a_second_message_while_one_streams_is_refused_unless_it_interrupts(stub):
+async def test_a_second_message_while_one_streams_is_refused_unless_it_interrupts(stub, model_server: ModelServer):
     user_id = user()
-    call, started = await start(stub, user_id, "slow [[len=5000 chunk=5 delay=0.01]]")
-    again = pb.StreamReplyRequest(user_id=user_id, conversation_id=started.conversation_id, content="impatient")
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await collect(stub.StreamReply(again))
-    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert started.message_id in refused.value.details()
+    with model_server.gate() as gate:
+        content = f"slow [[len=5000 {gate.at(50)}]]"
+        call = stub.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=content))
+        started, received = await read_to_the_gate(call, 50, stub, user_id)
+        again = pb.StreamReplyRequest(user_id=user_id, conversation_id=started.conversation_id, content="impatient")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await collect(stub.StreamReply(again))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert started.message_id in refused.value.details()
 
-    again.interrupt = True
-    events = await collect(stub.StreamReply(again))
+        await assert_streaming(stub, user_id, started.message_id)
+        again.interrupt = True
+        events = await collect(stub.StreamReply(again))
     assert events[-1].finished.message.status == pb.MESSAGE_STATUS_COMPLETE
     first = await stub.GetMessage(pb.GetMessageRequest(user_id=user_id, message_id=started.message_id))
     assert first.status == pb.MESSAGE_STATUS_CANCELLED
+    assert first.content == received == expected_reply(content)[:50]
     call.cancel()
 
 

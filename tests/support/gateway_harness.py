@@ -20,8 +20,6 @@ from gateway.server import RunningGateway, running_gateway
 from genservice.replies.database import Pool
 from tests.support.model_server import expected_reply
 
-# a reply that streams for about a second and a half: time to disconnect, resume, shut down under it
-SLOW = "[[len=1500 chunk=5 delay=0.005]]"
 CLIENT_TIMEOUT = httpx2.Timeout(10.0)
 
 
@@ -119,6 +117,39 @@ def joined(events: list[Event], start: int | None = None) -> str:
         text += delta["text"]
         assert event.id == str(delta["offset"] + len(delta["text"])), "a delta's id is the offset after its text"
     return text
+
+
+async def read_text(events: AsyncGenerator[Event, None], chars: int, start: int = 0) -> list[Event]:
+    """Events from an open stream until its deltas hold at least `chars` characters (the first at `start`)."""
+    got: list[Event] = []
+    async with asyncio.timeout(10):
+        while len(joined(got, start)) < chars:
+            got.append(await anext(events))
+    return got
+
+
+async def read_started(events: AsyncGenerator[Event, None]) -> Any:
+    """An open stream's first event, `started`: its data."""
+    async with asyncio.timeout(10):
+        started = await anext(events)
+    assert started.event == "started", started
+    return started.json()
+
+
+async def assert_streaming(client: httpx2.AsyncClient, message_id: str) -> None:
+    """The message is saved as streaming right now: what the test does next happens mid-reply."""
+    status = (await client.get(f"/v1/messages/{message_id}")).json()["status"]
+    assert status == "streaming", status
+
+
+async def read_to_the_gate(
+    events: AsyncGenerator[Event, None], chars: int, client: httpx2.AsyncClient
+) -> tuple[str, list[Event]]:
+    """A reply's stream held at a gate after `chars`: its message id and deltas to there, once it is streaming."""
+    message_id = str((await read_started(events))["message_id"])
+    deltas = await read_text(events, chars)
+    await assert_streaming(client, message_id)
+    return message_id, deltas
 
 
 def last_id(events: list[Event]) -> str:

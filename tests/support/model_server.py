@@ -1,4 +1,4 @@
-"""The tests' OpenAI-compatible model server: the demo-llm app driven by directives written in the user's message.
+"""The tests' OpenAI-compatible model server: demo-llm's wire format, driven by directives in the user's message.
 
 The last user message may hold one directive in double brackets, e.g. `hi [[len=5000 chunk=7 error_after=300]]`:
 
@@ -11,18 +11,24 @@ The last user message may hold one directive in double brackets, e.g. `hi [[len=
     drop_after=N    after N code points cut the connection mid-body (openai raises APIConnectionError)
     stall_after=N   after N code points pause for `stall` seconds
     stall=S         length of that pause (default 0)
+    gate=NAME       hold the stream at the gate NAME (from `ModelServer.gate()`) until the test releases it
+    hold_after=N    with gate=NAME: where to hold, after N code points (default 0, before any text)
     finish=REASON   finish_reason of the last chunk (default stop)
     nul_at=N        the character at N is a NUL, which Postgres text cannot hold
     say=TEXT        reply with TEXT, percent-encoded (urllib.parse.quote(text, safe="")), instead of made-up words
 
+Counts past the reply's end act after its last character; at one count, a gate holds first, then a stall, then an
+error or a drop. The *_after counts, the pace and the gate apply to streamed replies only.
 The reply text is `expected_reply(content)`: it depends only on the message, so tests can check saved text exactly.
-A bad directive is answered with HTTP 400 (openai raises BadRequestError).
+A bad directive, or a gate this server did not hand out, is answered with HTTP 400 (openai raises BadRequestError).
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hashlib
+import logging
 import math
 import random
 import re
@@ -30,14 +36,28 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import uvicorn
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Send
 
-from genservice.demo_llm.app import ChatRequest, ReplyPlan, create_app
+from genservice.demo_llm.app import paced
+from genservice.demo_llm.wire import (
+    ChatRequest,
+    completion_response,
+    error_response,
+    event_stream,
+    openai_app,
+    sse,
+    stream_events,
+)
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_REPLY_LEN = 96
 _DIRECTIVE = re.compile(r"\[\[([^\[\]]*)\]\]")
@@ -60,6 +80,8 @@ class Directive:
     drop_after: int | None = None
     stall_after: int | None = None
     stall: float = 0.0
+    gate: str | None = None
+    hold_after: int | None = None
     finish: str = "stop"
     nul_at: int | None = None
     say: str | None = None
@@ -105,6 +127,8 @@ def parse_directive(content: str) -> Directive:
         "drop_after": ("drop_after", _count),
         "stall_after": ("stall_after", _count),
         "stall": ("stall", _seconds),
+        "gate": ("gate", str),
+        "hold_after": ("hold_after", _count),
         "finish": ("finish", str),
         "nul_at": ("nul_at", _count),
         "say": ("say", urllib.parse.unquote),
@@ -122,6 +146,8 @@ def parse_directive(content: str) -> Directive:
     directive = Directive(**values)
     if directive.flaky is not None and directive.status is None:
         raise ValueError("directive: flaky=K needs status=CODE")
+    if directive.hold_after is not None and directive.gate is None:
+        raise ValueError("directive: hold_after=N needs gate=NAME")
     return directive
 
 
@@ -141,14 +167,122 @@ def expected_reply(content: str) -> str:
     return text
 
 
+class Gate:
+    """A named hold in the model server's streams, shared by the server's thread and the test's.
+
+    Streams whose directive names it wait at it, on the server's loop, until `release()`; `await reached()` returns
+    once one has. Used as a context manager, it is released at the end of the block whatever happens in it.
+    """
+
+    def __init__(self, name: str, hold_seconds: float) -> None:
+        self.name = name
+        self._hold_seconds = hold_seconds
+        self._lock = threading.Lock()
+        self._reached = threading.Event()
+        self._released = False
+        self._held: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    def at(self, chars: int = 0) -> str:
+        """The directive items that hold a stream at this gate after `chars` code points."""
+        return f"gate={self.name} hold_after={chars}"
+
+    async def reached(self, seconds: float = 10) -> None:
+        """Return once a stream waits at the gate (or has passed it); TimeoutError after `seconds`."""
+        if not await asyncio.to_thread(self._reached.wait, seconds):
+            raise TimeoutError(f"no stream reached gate {self.name} within {seconds:g}s")
+
+    def release(self) -> None:
+        """Let every stream held here go on, and every later one pass; idempotent, callable from any thread."""
+        with self._lock:
+            self._released = True
+            held, self._held = self._held, []
+        for loop, opened in held:
+            loop.call_soon_threadsafe(opened.set)
+
+    async def hold(self) -> None:
+        """On the server's loop: wait until released, for at most the server's hold bound."""
+        opened = asyncio.Event()
+        with self._lock:
+            if self._released:
+                opened.set()
+            else:
+                self._held.append((asyncio.get_running_loop(), opened))
+        self._reached.set()
+        try:
+            async with asyncio.timeout(self._hold_seconds):
+                await opened.wait()
+        except TimeoutError:
+            raise RuntimeError(f"gate {self.name} was not released within {self._hold_seconds:g}s") from None
+
+    def __enter__(self) -> Gate:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+class _ModelFailure(Exception):
+    """Raised by a reply's text source to end the stream with an SSE error chunk."""
+
+
+class _Drop(Exception):
+    """Raised by a reply's text source to end the response without its final chunk."""
+
+
+class _DroppableStreamingResponse(StreamingResponse):
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        except _Drop:  # returning with the body unfinished makes uvicorn close the transport
+            logger.info("dropping the connection mid-stream as planned")
+
+
+async def _pieces(directive: Directive, text: str, gate: Gate | None) -> AsyncIterator[str]:
+    """The reply's text at the directive's pace, with its hold, stall, error or drop each met at its exact count."""
+    hold_at, stall_at, error_at, drop_at = (
+        None if mark is None else min(mark, len(text))
+        for mark in (
+            None if gate is None else (directive.hold_after or 0),
+            directive.stall_after,
+            directive.error_after,
+            directive.drop_after,
+        )
+    )
+    start = 0
+    for mark in sorted({mark for mark in (hold_at, stall_at, error_at, drop_at, len(text)) if mark is not None}):
+        async for piece in paced(text[start:mark], directive.chunk, directive.delay):
+            yield piece
+        start = mark
+        if mark == hold_at and gate is not None:
+            await gate.hold()
+        if mark == stall_at:
+            await asyncio.sleep(directive.stall)
+        if mark == error_at:
+            raise _ModelFailure
+        if mark == drop_at:
+            raise _Drop
+
+
+async def _events(request: ChatRequest, directive: Directive, text: str, gate: Gate | None) -> AsyncIterator[str]:
+    try:
+        async for event in stream_events(request, _pieces(directive, text, gate), directive.finish):
+            yield event
+    except _ModelFailure:
+        yield sse({"error": {"message": "the model failed mid-stream (planned)", "type": "server_error"}})
+
+
 class ModelServer:
     """The directive-driven app on 127.0.0.1, on a free port, served by uvicorn in a thread with its own loop."""
 
-    def __init__(self, *, shutdown_grace: int = 2) -> None:
+    def __init__(self, *, shutdown_grace: int = 2, hold_seconds: float = 60) -> None:
         self._shutdown_grace = shutdown_grace
+        self._hold_seconds = hold_seconds
         self._lock = threading.Lock()
         self._requests: list[dict[str, Any]] = []
         self._attempts: dict[str, int] = {}
+        self._gates: dict[str, Gate] = {}
         self._socket: socket.socket | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -166,7 +300,14 @@ class ModelServer:
         with self._lock:
             return copy.deepcopy(self._requests)
 
-    def plan(self, request: ChatRequest) -> ReplyPlan:
+    def gate(self) -> Gate:
+        """A new gate, for a directive's `gate=NAME` (see `Gate.at`)."""
+        gate = Gate(f"g{uuid.uuid4().hex[:12]}", self._hold_seconds)
+        with self._lock:
+            self._gates[gate.name] = gate
+        return gate
+
+    def respond(self, request: ChatRequest) -> Response:
         with self._lock:
             self._requests.append(copy.deepcopy(request.body))
         content = request.last_user_text
@@ -176,17 +317,18 @@ class ModelServer:
             with self._lock:
                 attempt = self._attempts[directive.text] = self._attempts.get(directive.text, 0) + 1
             status = status if attempt <= directive.flaky else None
-        return ReplyPlan(
-            text=expected_reply(content),
-            chunk_chars=directive.chunk,
-            delay=directive.delay,
-            fail_status=status,
-            error_after=directive.error_after,
-            drop_after=directive.drop_after,
-            stall_after=directive.stall_after,
-            stall_seconds=directive.stall,
-            finish_reason=directive.finish,
-        )
+        if status is not None:
+            return error_response(status, f"the model answered HTTP {status} (planned)")
+        text = expected_reply(content)
+        if not request.stream:
+            return completion_response(request, text, directive.finish)
+        gate = None
+        if directive.gate is not None:
+            with self._lock:
+                gate = self._gates.get(directive.gate)
+            if gate is None:
+                raise ValueError(f"directive: no gate named {directive.gate!r} was handed out by this server")
+        return event_stream(_events(request, directive, text, gate), _DroppableStreamingResponse)
 
     def start(self, timeout: float = 10.0) -> None:
         if self._thread is not None:
@@ -194,7 +336,7 @@ class ModelServer:
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.bind(("127.0.0.1", 0))
         config = uvicorn.Config(
-            create_app(self.plan),
+            openai_app(self.respond),
             log_config=None,
             lifespan="off",
             loop="asyncio",
@@ -214,7 +356,11 @@ class ModelServer:
             time.sleep(0.01)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Let running replies finish for up to `shutdown_grace` seconds, cancel the rest, join the thread."""
+        """Release every gate, let running replies finish for up to `shutdown_grace` seconds, cancel the rest."""
+        with self._lock:
+            gates = list(self._gates.values())
+        for gate in gates:
+            gate.release()
         server, thread, sock = self._server, self._thread, self._socket
         self._server = self._thread = self._socket = None
         if server is not None and thread is not None:

@@ -12,10 +12,14 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from genservice.v1 import genservice_pb2 as pb
+from genservice.v1 import genservice_pb2_grpc as pb_grpc
 
 
 def free_port() -> int:
@@ -71,28 +75,44 @@ async def genservice_process(env: Mapping[str, str]) -> AsyncIterator[Process]:
 
 
 @asynccontextmanager
-async def gateway_process(env: dict[str, str], log: Path) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
-    """`python -m gateway.server` on a free port, answering /healthz; killed if still alive at the end."""
-    addr = f"127.0.0.1:{free_port()}"
+async def reply_on_a_genservice_process(
+    env: Mapping[str, str], request: pb.StreamReplyRequest
+) -> AsyncIterator[tuple[Process, Any]]:
+    """A reply started on a genservice process of its own: the process and the open StreamReply call."""
+    async with genservice_process(env) as process, grpc.aio.insecure_channel(process.addr) as channel:
+        yield process, pb_grpc.GenerationServiceStub(channel).StreamReply(request)
+
+
+@asynccontextmanager
+async def http_process(
+    args: list[str], env: Mapping[str, str], log: Path, ready_url: str
+) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """`python ARGS...` logging to `log`, ready once `ready_url` answers 200; killed if still alive at the end."""
     with log.open("wb") as output:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "gateway.server"],
-            env={**os.environ, **env, "GATEWAY_ADDR": addr},
-            stdout=output,
-            stderr=subprocess.STDOUT,
+            [sys.executable, *args], env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT
         )
     try:
         async with asyncio.timeout(30), httpx2.AsyncClient(timeout=5, trust_env=False) as probe:
             while True:
                 assert popen.poll() is None, log.read_text()
                 try:
-                    if (await probe.get(f"http://{addr}/healthz")).status_code == 200:
+                    if (await probe.get(ready_url)).status_code == 200:
                         break
                 except httpx2.TransportError:
                     pass
                 await asyncio.sleep(0.05)
-        yield popen, f"http://{addr}"
+        yield popen
     finally:
         if popen.poll() is None:
             popen.kill()
         popen.wait(10)
+
+
+@asynccontextmanager
+async def gateway_process(env: dict[str, str], log: Path) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
+    """`python -m gateway.server` on a free port, answering /healthz."""
+    addr = f"127.0.0.1:{free_port()}"
+    args = ["-m", "gateway.server"]
+    async with http_process(args, {**env, "GATEWAY_ADDR": addr}, log, f"http://{addr}/healthz") as popen:
+        yield popen, f"http://{addr}"
