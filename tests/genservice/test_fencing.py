@@ -46,6 +46,13 @@ async def refused_or_done(call: grpc.aio.UnaryStreamCall) -> None:
         await collect(call)
 
 
+async def read_code(stub: pb_grpc.GenerationServiceStub, user_id: str) -> grpc.StatusCode:
+    """How a read of a message that does not exist fails: NOT_FOUND when it got a connection."""
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await stub.GetMessage(pb.GetMessageRequest(user_id=user_id, message_id=str(uuid.uuid4())), timeout=15)
+    return failed.value.code()
+
+
 async def new_conversation(stub: pb_grpc.GenerationServiceStub, user_id: str) -> str:
     events = await collect(stub.StreamReply(pb.StreamReplyRequest(user_id=user_id, content="hello [[len=10]]")))
     return events[0].started.conversation_id
@@ -77,12 +84,11 @@ async def test_a_saturated_request_pool_cannot_get_a_healthy_reply_swept(
                 request = pb.StreamReplyRequest(user_id=blocker, conversation_id=blocked_conversation, content="x")
                 blocked = [asyncio.create_task(refused_or_done(stub.StreamReply(request))) for _ in range(12)]
                 await waiting_for_a_lock(barrier, "genservice", 2)
-                # saturated: a read finds no free connection
-                with pytest.raises(grpc.aio.AioRpcError) as starved:
-                    await stub.GetMessage(
-                        pb.GetMessageRequest(user_id=blocker, message_id=str(uuid.uuid4())), timeout=15
-                    )
-                assert starved.value.code() == grpc.StatusCode.UNAVAILABLE
+                # saturated once every request connection waits on the lock: a read then finds none free
+                async with asyncio.timeout(30):
+                    while (code := await read_code(stub, blocker)) == grpc.StatusCode.NOT_FOUND:
+                        await asyncio.sleep(0.05)
+                assert code == grpc.StatusCode.UNAVAILABLE
                 await asyncio.sleep(3 * config.lease_seconds)  # the fault's duration, not a synchronisation
             await assert_streaming(stub, user_id, started.message_id)
             gate.release()
