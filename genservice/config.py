@@ -59,6 +59,12 @@ class GenServiceConfig:
     def sweep_interval(self) -> float:
         return max(self.lease_seconds / 3, 0.2)
 
+    @property
+    def idle_in_transaction_timeout(self) -> float:
+        """How long Postgres lets one of our sessions sit in a transaction between statements before ending it: a
+        process paused mid-transaction holds its row locks, which other replicas' sweeps wait on, no longer."""
+        return self.lease_seconds
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GenServiceConfig:
         demo_addr = env_addr(env, "DEMO_LLM_ADDR", DEMO_LLM_DEFAULT_ADDR)

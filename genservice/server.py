@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from psycopg.conninfo import conninfo_to_dict
 
 from genservice.auth import TokenCheck
 from genservice.batcher import SaveBatcher
@@ -79,15 +80,26 @@ class RunningService:
     owner: str
 
 
+def session_options(url: str, idle_in_transaction_timeout: float) -> dict[str, str]:
+    """The libpq `options` of genservice's pooled connections: the URL's own (else PGOPTIONS, as libpq would take
+    them), and `idle_in_transaction_session_timeout`."""
+    own = conninfo_to_dict(url).get("options") or os.environ.get("PGOPTIONS", "")
+    timeout_ms = max(1, round(idle_in_transaction_timeout * 1000))
+    return {"options": f"{own} -c idle_in_transaction_session_timeout={timeout_ms}".strip()}
+
+
 @contextlib.asynccontextmanager
 async def running_service(config: GenServiceConfig) -> AsyncIterator[RunningService]:
     """The whole service, serving until the block ends; then a graceful drain."""
     owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     with postgres_url(config.database_url) as url:
         async with AsyncExitStack() as stack:
-            pool = await stack.enter_async_context(open_pool(url, "genservice"))
+            options = session_options(url, config.idle_in_transaction_timeout)
+            pool = await stack.enter_async_context(open_pool(url, "genservice", extra_kwargs=options))
             # saves, lease renewals and ends never wait behind request traffic: connections of their own
-            writer = await stack.enter_async_context(open_pool(url, "genservice-writer", WRITER_CONNECTIONS))
+            writer = await stack.enter_async_context(
+                open_pool(url, "genservice-writer", WRITER_CONNECTIONS, extra_kwargs=options)
+            )
             await migrate(pool)
             hub = await stack.enter_async_context(ListenerHub(url, "genservice-listener"))
             client = make_client(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,9 @@ EMBEDDED_DATA_DIR = Path(".data") / "postgres"
 CONNECT_TIMEOUT_SECONDS = 3
 
 Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
-# what a database that is down or restarting raises; anything else is a bug, not an outage
-DATABASE_ERRORS = (psycopg.OperationalError, psycopg_pool.PoolTimeout)
+# what a database that is down or restarting raises, or a session it ended for idling in a transaction (a process
+# that was paused); anything else is a bug, not an outage
+DATABASE_ERRORS = (psycopg.OperationalError, psycopg.errors.IdleInTransactionSessionTimeout, psycopg_pool.PoolTimeout)
 
 
 @contextmanager
@@ -59,12 +60,15 @@ def connection_kwargs(application_name: str) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def open_pool(url: str, application_name: str, max_size: int = 10) -> AsyncIterator[Pool]:
+async def open_pool(
+    url: str, application_name: str, max_size: int = 10, extra_kwargs: Mapping[str, Any] | None = None
+) -> AsyncIterator[Pool]:
+    """`extra_kwargs`: more connection parameters (e.g. `options`) for every connection."""
     pool: Pool = AsyncConnectionPool(
         url,
         min_size=1,
         max_size=max_size,
-        kwargs={**connection_kwargs(application_name), "row_factory": dict_row},
+        kwargs={**connection_kwargs(application_name), **(extra_kwargs or {}), "row_factory": dict_row},
         connection_class=AsyncConnection[DictRow],
         timeout=CONNECT_TIMEOUT_SECONDS,
         # after Postgres restarts every idle connection is dead: check each one before handing it out

@@ -13,11 +13,19 @@
 // userMessageId (retry-post, default "u1"), secondPostDelayMs (retry-post,
 // default 0), stopGateway (stop: base URL for POST .../stop, default gateway),
 // moreTexts (send: texts sent after `text`, one by one), lastMessageOnly (send: post only
-// the last message, via prepareSendMessagesRequest). A POST's record has postedMessages.
+// the last message, via prepareSendMessagesRequest), checkpoints (stop at the scenario's
+// checkpoints, below). A POST's record has postedMessages.
+//
+// Checkpoints, where the test checks the server and then lets the driver go on: the driver writes
+// `checkpoint NAME` on stderr and waits for a line on stdin. abort-resume: `streaming` (it has its
+// deltas, before dropping the connection), `resumed` (the resumed stream carries text, or ended);
+// stop: `streaming` (before POST .../stop); retry-post: `attached` (both streams started, or ended).
 //
 // Prints exactly one JSON line on stdout describing what the client saw and
 // exits 0, also when the gateway misbehaves or the scenario times out
 // ("timedOut": true). Exits 2 on usage errors and 3 on driver bugs.
+import { createInterface } from 'node:readline';
+
 import { AbstractChat, DefaultChatTransport } from 'ai';
 
 const SCENARIOS = {
@@ -288,6 +296,24 @@ function summarizeStream(record) {
   };
 }
 
+let stdinLines = null;
+
+async function checkpoint(args, name) {
+  if (!args.checkpoints) return;
+  stdinLines ??= createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+  process.stderr.write(`checkpoint ${name}\n`);
+  await stdinLines.next();
+}
+
+function settledFlag(promise) {
+  const flag = { settled: false };
+  promise.then(
+    () => (flag.settled = true),
+    () => (flag.settled = true),
+  );
+  return flag;
+}
+
 async function readPlainStream(record, response) {
   recordResponse(record, response);
   if (response.body) await recordBody(record, response.body);
@@ -324,16 +350,13 @@ async function scenarioAbortResume(args) {
   const deltas = deltaCounter();
   const need = args.abortAfterDeltas ?? 1;
   const sending = chatA.sendMessage({ text: args.text });
-  let sendSettled = false;
-  sending.then(
-    () => (sendSettled = true),
-    () => (sendSettled = true),
-  );
+  const sent = settledFlag(sending);
   await Promise.race([
-    chatA.waitFor(assistantHasText(1)).then(() => waitUntil(() => deltas() >= need || sendSettled)),
+    chatA.waitFor(assistantHasText(1)).then(() => waitUntil(() => deltas() >= need || sent.settled)),
     sending,
   ]);
-  const endedBeforeAbort = sendSettled;
+  await checkpoint(args, 'streaming');
+  const endedBeforeAbort = sent.settled;
   killSwitch.abort(); // drop the connection; never calls /stop
   await sending.catch(() => {});
   const before = describeChat(chatA);
@@ -366,7 +389,13 @@ async function scenarioAbortResume(args) {
     partial: partial ? { id: partial.id, text: textOf(partial) } : null,
     loadedMessages: describeMessages(loaded),
   });
-  await chatB.resumeStream();
+  const resuming = chatB.resumeStream();
+  const resumed = settledFlag(resuming);
+  const resumedText = () =>
+    requests.some(r => r.url.endsWith('/stream') && r.chunks.some(c => c?.type === 'text-delta'));
+  await waitUntil(() => resumedText() || resumed.settled);
+  await checkpoint(args, 'resumed');
+  await resuming;
   const after = describeChat(chatB);
   return {
     ...after,
@@ -393,16 +422,13 @@ async function scenarioStop(args) {
   const deltas = deltaCounter();
   const need = args.abortAfterDeltas ?? 1;
   const sending = chat.sendMessage({ text: args.text });
-  let sendSettled = false;
-  sending.then(
-    () => (sendSettled = true),
-    () => (sendSettled = true),
-  );
+  const sent = settledFlag(sending);
   await Promise.race([
-    chat.waitFor(assistantHasText(1)).then(() => waitUntil(() => deltas() >= need || sendSettled)),
+    chat.waitFor(assistantHasText(1)).then(() => waitUntil(() => deltas() >= need || sent.settled)),
     sending,
   ]);
-  const endedBeforeStop = sendSettled;
+  await checkpoint(args, 'streaming');
+  const endedBeforeStop = sent.settled;
   stopRecord = recordStart('POST', `${stopBase}/v1/chat/${encodeURIComponent(args.chatId)}/stop`);
   let stopResponse = null;
   try {
@@ -460,11 +486,16 @@ async function scenarioRetryPost(args) {
     }
     return record;
   };
-  const pending = [post(0), post(args.secondPostDelayMs ?? 0)];
+  const pending = Promise.all([post(0), post(args.secondPostDelayMs ?? 0)]);
   snapshotOnTimeout = () => ({
     streams: requests.filter(r => r.method === 'POST').map(summarizeStream),
   });
-  const records = await Promise.all(pending);
+  const posted = settledFlag(pending);
+  const started = () =>
+    requests.filter(r => r.method === 'POST' && r.chunks.some(c => c?.type === 'start')).length;
+  await waitUntil(() => started() >= 2 || posted.settled);
+  await checkpoint(args, 'attached');
+  const records = await pending;
   return { streams: records.map(summarizeStream) };
 }
 

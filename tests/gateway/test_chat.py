@@ -17,11 +17,9 @@ import pytest
 
 from gateway.server import RunningGateway
 from tests.support import aisdk
-from tests.support.gateway_harness import content, gateway_config, reply_text, started_gateway
-from tests.support.model_server import ModelServer
+from tests.support.gateway_harness import assert_streaming, content, gateway_config, reply_text, started_gateway
+from tests.support.model_server import Gate, ModelServer
 
-# about three seconds of reply: time to drop a connection, resume, or stop under it
-PACED = "[[len=3000 chunk=5 delay=0.005]]"
 COMPLETE_END = ["text-end", "finish-step", "finish", "[DONE]"]
 
 
@@ -51,6 +49,38 @@ def chat_path(chat: str, suffix: str) -> str:
 
 async def drive(scenario: str, gateway: RunningGateway, chat: str, **args: Any) -> dict[str, Any]:
     return await aisdk.run_driver(scenario, {"gateway": gateway.base_url, "chatId": chat, **args})
+
+
+def held(gate: Gate) -> str:
+    """A reply's directive that holds it at `gate` after its first 300 characters."""
+    return f"[[len=3000 {gate.at(300)}]]"
+
+
+async def drive_held(
+    scenario: str,
+    gateway: RunningGateway,
+    client: httpx2.AsyncClient,
+    gate: Gate,
+    checkpoints: list[str],
+    chat: str,
+    *,
+    stops_the_reply: bool = False,
+    **args: Any,
+) -> dict[str, Any]:
+    """Run a scenario whose reply is held at `gate`: at each of its checkpoints the chat's reply is checked to be
+    streaming before the driver goes on. The gate opens after the last one, unless the scenario stops the reply
+    itself: then it stays shut to the end of the gate's block, so the reply cannot complete before the stop."""
+    scenario_args = {"gateway": gateway.base_url, "chatId": chat, "checkpoints": True, **args}
+    async with aisdk.started_driver(scenario, scenario_args) as driver:
+        await gate.reached()
+        for checkpoint in checkpoints:
+            await driver.at(checkpoint)
+            *_, reply = await listed(client, chat)
+            await assert_streaming(client, reply["id"])
+            await driver.go()
+        if not stops_the_reply:
+            gate.release()
+        return await driver.report()
 
 
 def posts(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -118,17 +148,24 @@ async def test_a_conversation_goes_on_whether_the_client_posts_its_history_or_on
     assert [m["content"] for m in asked] == [t for text in texts[:2] for t in (text, reply_text(text))] + texts[2:]
 
 
-async def test_a_dropped_connection_resumes_on_the_other_gateway_whole_and_once(gateway, second_gateway, client):
-    chat, text = chat_id(), content("resume me", PACED)
-    report = await drive(
-        "abort-resume",
-        gateway,
-        chat,
-        text=text,
-        gateway2=second_gateway.base_url,
-        abortAfterDeltas=3,
-        resumeDelayMs=300,
-    )
+async def test_a_dropped_connection_resumes_on_the_other_gateway_whole_and_once(
+    gateway, second_gateway, client, model_server: ModelServer
+):
+    chat = chat_id()
+    with model_server.gate() as gate:
+        text = content("resume me", held(gate))
+        # the connection drops, and the other gateway resumes, while the reply is held
+        report = await drive_held(
+            "abort-resume",
+            gateway,
+            client,
+            gate,
+            ["streaming", "resumed"],
+            chat,
+            text=text,
+            gateway2=second_gateway.base_url,
+            resumeDelayMs=300,
+        )
 
     expected = reply_text(text)
     assert not report["endedBeforeAbort"], "the reply ended before the connection was dropped"
@@ -177,9 +214,13 @@ async def test_a_reply_that_ended_moments_ago_is_replayed_and_an_older_one_is_no
     assert (await client.get(chat_path(chat, "stream"))).status_code == 204
 
 
-async def test_stop_cancels_the_reply_keeps_its_text_and_ends_the_stream_with_abort(gateway, client):
-    chat, text = chat_id(), content("stop me", PACED)
-    report = await drive("stop", gateway, chat, text=text, abortAfterDeltas=3)
+async def test_stop_cancels_the_reply_keeps_its_text_and_ends_the_stream_with_abort(
+    gateway, client, model_server: ModelServer
+):
+    chat = chat_id()
+    with model_server.gate() as gate:
+        text = content("stop me", held(gate))
+        report = await drive_held("stop", gateway, client, gate, ["streaming"], chat, text=text, stops_the_reply=True)
 
     assert not report["endedBeforeStop"]
     assert report["stopHttpStatus"] == 200
@@ -223,9 +264,14 @@ async def test_regenerate_gives_a_new_reply_and_the_chat_lists_only_it(gateway, 
     assert [len(r["messages"]) for r in asked] == [1, 1]
 
 
-async def test_a_retried_post_attaches_to_the_reply_already_made(gateway, model_server: ModelServer):
-    chat, text = chat_id(), content("retry me", PACED)
-    report = await drive("retry-post", gateway, chat, text=text, userMessageId=f"u-{uuid.uuid4().hex[:6]}")
+async def test_a_retried_post_attaches_to_the_reply_already_made(gateway, client, model_server: ModelServer):
+    chat = chat_id()
+    with model_server.gate() as gate:
+        text = content("retry me", held(gate))
+        user_message = f"u-{uuid.uuid4().hex[:6]}"
+        report = await drive_held(
+            "retry-post", gateway, client, gate, ["attached"], chat, text=text, userMessageId=user_message
+        )
 
     first, second = report["streams"]
     for stream in (first, second):

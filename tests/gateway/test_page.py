@@ -255,12 +255,21 @@ async def test_an_error_reply_shows_its_status_and_error(browser: Browser, gatew
     assert len(saved["content"]) == 100
 
 
-async def test_a_stopped_reply_shows_it_was_cancelled(browser: Browser, gateway: RunningGateway) -> None:
+async def test_a_stopped_reply_shows_it_was_cancelled(
+    browser: Browser, gateway: RunningGateway, model_server: ModelServer
+) -> None:
     page = await browser.new_page()
     try:
-        assistant = await send(page, gateway, content("page stop", "[[len=3000 chunk=5 delay=0.01]]"))
-        await page.click("#stop")
-        saved = await ended(page, gateway, assistant)
+        # the gate stays shut until the stop has ended the reply
+        with model_server.gate() as gate:
+            assistant = await send(page, gateway, content("page stop", f"[[len=3000 {gate.at(100)}]]"))
+            await gate.reached()
+            message_id = await assistant.get_attribute("data-message-id")
+            assert message_id
+            async with http_client(gateway) as client:
+                await assert_streaming(client, message_id)
+            await page.click("#stop")
+            saved = await ended(page, gateway, assistant)
         assert await assistant.get_attribute("data-status") == "cancelled"
         assert await assistant.locator(".badge").text_content() == "Cancelled"
         assert await assistant.locator(".note").text_content() == "Stopped before the end."

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -22,17 +21,10 @@ from genservice.replies.settings import ConfigError
 from genservice.server import running_service
 from genservice.v1 import genservice_pb2 as pb
 from genservice.v1 import genservice_pb2_grpc as pb_grpc
+from tests.genservice.conftest import TOKEN
 from tests.support.gateway_harness import gateway_config, http_client, read_all, started_gateway
 from tests.support.grpc_replies import collect
 from tests.support.processes import free_port
-
-TOKEN = "a-shared-secret-of-the-tests"
-
-
-@pytest.fixture(scope="module")
-async def guarded(genservice_config: GenServiceConfig) -> AsyncIterator[str]:
-    async with running_service(dataclasses.replace(genservice_config, token=TOKEN)) as service:
-        yield service.target
 
 
 @pytest.mark.parametrize("metadata", [(), bearer_metadata("wrong"), (("authorization", TOKEN),)])

@@ -12,7 +12,7 @@ from genservice.replies import queries
 from genservice.replies.chats import chat_conversation_id
 from genservice.replies.records import ChatMessage, Role
 from genservice.v1 import genservice_pb2 as pb
-from tests.support.grpc_replies import collect, joined
+from tests.support.grpc_replies import assert_streaming, collect, joined, read_started
 from tests.support.model_server import ModelServer, expected_reply
 
 
@@ -102,11 +102,19 @@ async def test_a_retry_that_interrupts_attaches_to_its_own_reply_instead_of_stop
 ):
     user_id, chat_id, key = user(), chat(), uuid.uuid4().hex
     await send(stub, user_id, chat_id, "before")
-    content = "retried [[len=1500 chunk=5 delay=0.004]]"
-    request = pb.StreamReplyRequest(user_id=user_id, chat_id=chat_id, content=content, request_id=key, interrupt=True)
-    results = await asyncio.gather(*(collect(stub.StreamReply(request)) for _ in range(3)))
+    with model_server.gate() as gate:
+        content = f"retried [[len=1500 {gate.at(300)}]]"
+        request = pb.StreamReplyRequest(
+            user_id=user_id, chat_id=chat_id, content=content, request_id=key, interrupt=True
+        )
+        calls = [stub.StreamReply(request) for _ in range(3)]
+        starts = await asyncio.gather(*(read_started(call) for call in calls))
+        await gate.reached()
+        assert len({started.message_id for started in starts}) == 1
+        await assert_streaming(stub, user_id, starts[0].message_id)
+        gate.release()
+        results = await asyncio.gather(*(collect(call) for call in calls))
 
-    assert len({events[0].started.message_id for events in results}) == 1
     for events in results:
         assert events[-1].finished.message.status == pb.MESSAGE_STATUS_COMPLETE
         assert joined(events) == expected_reply(content)

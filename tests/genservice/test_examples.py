@@ -7,19 +7,21 @@ import os
 import sys
 from pathlib import Path
 
+from tests.genservice.conftest import TOKEN
 from tests.support.model_server import expected_reply
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "follow_reply.py"
 
 
-async def run_example(target: str, *args: str) -> tuple[str, list[str]]:
-    """The example's stdout, and its stderr's lines."""
+async def run_example(target: str, *args: str, token: str | None = None) -> tuple[str, list[str]]:
+    """The example's stdout, and its stderr's lines; `token`: GENSERVICE_TOKEN in its environment."""
+    env = {name: value for name, value in os.environ.items() if name != "GENSERVICE_TOKEN"}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         str(EXAMPLE),
         *args,
-        env={**os.environ, "GENSERVICE_TARGET": target},
+        env={**env, "GENSERVICE_TARGET": target, **({} if token is None else {"GENSERVICE_TOKEN": token})},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -41,10 +43,18 @@ async def test_the_readme_shows_the_example_as_it_is():
 
 
 async def test_the_example_starts_a_reply_then_follows_it(genservice_target: str):
+    await start_then_follow(genservice_target, token=None)
+
+
+async def test_the_example_sends_genservice_token_from_its_environment(guarded: str):
+    await start_then_follow(guarded, token=TOKEN)
+
+
+async def start_then_follow(target: str, token: str | None) -> None:
     question = "what does the example print? [[len=700 chunk=7]]"
-    text, status = await run_example(genservice_target, question)
+    text, status = await run_example(target, question, token=token)
     assert text == expected_reply(question)
     assert status[0] == "message" and status[-1] == "MESSAGE_STATUS_COMPLETE"
 
-    followed, again = await run_example(genservice_target, "--follow", status[1])
+    followed, again = await run_example(target, "--follow", status[1], token=token)
     assert (followed, again) == (text, status)

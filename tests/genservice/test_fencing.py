@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import signal
 import uuid
+from collections.abc import Callable
 
 import grpc
 import psycopg
@@ -18,7 +19,7 @@ from genservice.replies.database import Pool
 from genservice.server import running_service
 from genservice.v1 import genservice_pb2 as pb
 from genservice.v1 import genservice_pb2_grpc as pb_grpc
-from tests.support.grpc_replies import collect, joined
+from tests.support.grpc_replies import assert_streaming, collect, joined, read_to_the_gate
 from tests.support.model_server import ModelServer, expected_reply
 from tests.support.processes import genservice_process
 
@@ -45,15 +46,23 @@ async def refused_or_done(call: grpc.aio.UnaryStreamCall) -> None:
         await collect(call)
 
 
+async def read_code(stub: pb_grpc.GenerationServiceStub, user_id: str) -> grpc.StatusCode:
+    """How a read of a message that does not exist fails: NOT_FOUND when it got a connection."""
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await stub.GetMessage(pb.GetMessageRequest(user_id=user_id, message_id=str(uuid.uuid4())), timeout=15)
+    return failed.value.code()
+
+
 async def new_conversation(stub: pb_grpc.GenerationServiceStub, user_id: str) -> str:
     events = await collect(stub.StreamReply(pb.StreamReplyRequest(user_id=user_id, content="hello [[len=10]]")))
     return events[0].started.conversation_id
 
 
 async def test_a_saturated_request_pool_cannot_get_a_healthy_reply_swept(
-    genservice_config: GenServiceConfig, genservice_target: str, database_url: str
+    genservice_config: GenServiceConfig, genservice_target: str, database_url: str, model_server: ModelServer
 ) -> None:
-    """Every request connection waits on a lock the test holds, for three leases; the reply renews and completes.
+    """Every request connection waits on a lock the test holds, for three leases, while a reply is held at a gate;
+    the reply renews and completes.
 
     The session's genservice runs beside it and sweeps any lease that expires.
     """
@@ -64,27 +73,31 @@ async def test_a_saturated_request_pool_cannot_get_a_healthy_reply_swept(
         await psycopg.AsyncConnection.connect(database_url, autocommit=True) as barrier,
     ):
         stub = pb_grpc.GenerationServiceStub(channel)
-        blocker = user()
+        blocker, user_id = user(), user()
         blocked_conversation = await new_conversation(stub, blocker)
-        content = "keep renewing [[len=3000 chunk=5 delay=0.006]]"
-        reply = stub.StreamReply(pb.StreamReplyRequest(user_id=user(), content=content))
-        assert (await reply.read()).HasField("started")
-        async with barrier.transaction():
-            await barrier.execute("SELECT 1 FROM conversations WHERE id = %s FOR UPDATE", (blocked_conversation,))
-            request = pb.StreamReplyRequest(user_id=blocker, conversation_id=blocked_conversation, content="x")
-            blocked = [asyncio.create_task(refused_or_done(stub.StreamReply(request))) for _ in range(12)]
-            await waiting_for_a_lock(barrier, "genservice", 2)
-            # saturated: a read finds no free connection
-            with pytest.raises(grpc.aio.AioRpcError) as starved:
-                await stub.GetMessage(pb.GetMessageRequest(user_id=blocker, message_id=str(uuid.uuid4())), timeout=15)
-            assert starved.value.code() == grpc.StatusCode.UNAVAILABLE
-            await asyncio.sleep(3 * config.lease_seconds)  # the fault's duration, not a synchronisation
-        events = await collect(reply)
+        with model_server.gate() as gate:
+            content = f"keep renewing [[len=3000 {gate.at(300)}]]"
+            reply = stub.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=content))
+            started, received = await read_to_the_gate(reply, 300, stub, user_id)
+            async with barrier.transaction():
+                await barrier.execute("SELECT 1 FROM conversations WHERE id = %s FOR UPDATE", (blocked_conversation,))
+                request = pb.StreamReplyRequest(user_id=blocker, conversation_id=blocked_conversation, content="x")
+                blocked = [asyncio.create_task(refused_or_done(stub.StreamReply(request))) for _ in range(12)]
+                await waiting_for_a_lock(barrier, "genservice", 2)
+                # saturated once every request connection waits on the lock: a read then finds none free
+                async with asyncio.timeout(30):
+                    while (code := await read_code(stub, blocker)) == grpc.StatusCode.NOT_FOUND:
+                        await asyncio.sleep(0.05)
+                assert code == grpc.StatusCode.UNAVAILABLE
+                await asyncio.sleep(3 * config.lease_seconds)  # the fault's duration, not a synchronisation
+            await assert_streaming(stub, user_id, started.message_id)
+            gate.release()
+            events = await collect(reply)
         await asyncio.gather(*blocked)
 
     final = events[-1].finished.message
     assert final.status == pb.MESSAGE_STATUS_COMPLETE, final.error
-    assert final.content == expected_reply(content) == joined(events)
+    assert final.content == expected_reply(content) == received + joined(events)
 
 
 async def test_the_cancel_fallback_keeps_a_save_that_commits_while_it_waits(stub, pool: Pool, database_url) -> None:
@@ -160,22 +173,32 @@ async def test_a_start_admitted_before_the_drain_is_launched_and_drained_never_l
     assert row is not None and row["n"] == 0
 
 
-async def test_the_saved_text_is_one_plain_query_away_while_streaming_and_after(stub, pool: Pool) -> None:
-    user_id, content = user(), "read me from SQL [[len=2000 chunk=5 delay=0.004]]"
-    call = stub.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=content))
-    message_id = (await call.read()).started.message_id
-    expected = expected_reply(content)
-    seen: list[str] = []
+async def test_the_saved_text_is_one_plain_query_away_while_streaming_and_after(
+    stub, pool: Pool, model_server: ModelServer
+) -> None:
+    user_id = user()
+    with model_server.gate() as gate:
+        content = f"read me from SQL [[len=2000 {gate.at(700)}]]"
+        call = stub.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=content))
+        started, received = await read_to_the_gate(call, 700, stub, user_id)
+        expected = expected_reply(content)
+        # saved within SAVE_MAX_DELAY of reaching genservice, while the model is held
+        partial = await message_text(pool, started.message_id, until=lambda _, text: len(text) == len(received))
+        gate.release()
+        final = await message_text(pool, started.message_id, until=lambda status, _: status != "streaming")
+    call.cancel()
+    assert partial == ("streaming", expected[:700])
+    assert final == ("complete", expected)
+
+
+async def message_text(pool: Pool, message_id: str, until: Callable[[str, str], bool]) -> tuple[str, str]:
+    """The message as the message_text view shows it, (status, content), polled until `until` holds."""
     async with asyncio.timeout(15):
         while True:
             async with pool.connection() as conn:
                 cursor = await conn.execute("SELECT status, content FROM message_text WHERE id = %s", (message_id,))
                 row = await cursor.fetchone()
-            assert row is not None and expected.startswith(row["content"])
-            seen.append(row["content"])
-            if row["status"] != "streaming":
-                break
-            await asyncio.sleep(0.1)
-    call.cancel()
-    assert any(0 < len(text) < len(expected) for text in seen)  # partial text while it streamed
-    assert seen[-1] == expected
+            assert row is not None
+            if until(row["status"], row["content"]):
+                return row["status"], row["content"]
+            await asyncio.sleep(0.05)

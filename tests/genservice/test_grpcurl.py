@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shlex
 import shutil
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.genservice.conftest import TOKEN
 from tests.support.model_server import expected_reply
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -37,9 +39,9 @@ def readme_commands() -> dict[str, list[str]]:
     return commands
 
 
-async def grpcurl(argv: list[str], target: str, options: list[str], **values: str) -> str:
+async def run_grpcurl(argv: list[str], target: str, options: list[str], **values: str) -> tuple[int, str, str]:
     """Run a README command against `target` with extra `options` first (e.g. `-H`), `<name>` placeholders
-    filled from `values`; its stdout."""
+    filled from `values`: its exit code, stdout and stderr."""
     args = [*options, *(target if arg == README_TARGET else arg for arg in argv[1:])]
     for name, value in values.items():
         args = [arg.replace(f"<{name}>", value) for arg in args]
@@ -54,8 +56,23 @@ async def grpcurl(argv: list[str], target: str, options: list[str], **values: st
         if process.returncode is None:
             process.kill()
             await process.wait()
-    assert process.returncode == 0, f"{shlex.join(args)}: {stderr.decode()}"
-    return stdout.decode()
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def grpcurl(argv: list[str], target: str, options: list[str], **values: str) -> str:
+    """A README command that must succeed: its stdout."""
+    code, stdout, stderr = await run_grpcurl(argv, target, options, **values)
+    assert code == 0, f"{shlex.join(argv)}: {stderr}"
+    return stdout
+
+
+def readme_token_options(token: str) -> list[str]:
+    """The options the README adds for GENSERVICE_TOKEN (`-H "authorization: Bearer $GENSERVICE_TOKEN"`), as the
+    shell would pass them with the variable set to `token`."""
+    shown = re.search(r'`(-H "authorization: Bearer \$GENSERVICE_TOKEN")`', README.read_text(encoding="utf-8"))
+    assert shown is not None, "the README shows how grpcurl sends GENSERVICE_TOKEN"
+    return shlex.split(shown.group(1).replace("$GENSERVICE_TOKEN", token))
 
 
 def json_stream(text: str) -> list[dict[str, Any]]:
@@ -103,3 +120,14 @@ async def run_readme_commands(target: str, options: list[str]) -> None:
 
     health = json_stream(await grpcurl(commands["Check"], target, options))
     assert health == [{"status": "SERVING"}]
+
+
+async def test_with_a_token_the_readme_commands_take_it_and_only_generation_calls_need_it(guarded: str):
+    await run_readme_commands(guarded, readme_token_options(TOKEN))
+
+    commands = readme_commands()
+    for open_to_all in ("list", "describe", "Check"):
+        await grpcurl(commands[open_to_all], guarded, [])
+    code, stdout, stderr = await run_grpcurl(commands["StreamReply"], guarded, [])
+    assert code != 0 and stdout == ""
+    assert "Code: Unauthenticated" in stderr and "GENSERVICE_TOKEN" in stderr

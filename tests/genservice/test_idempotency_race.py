@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from genservice.v1 import genservice_pb2 as pb
-from tests.support.grpc_replies import collect, joined
+from tests.support.grpc_replies import assert_streaming, collect, joined, read_started
 from tests.support.model_server import ModelServer, expected_reply
 
 
@@ -32,20 +32,30 @@ async def test_both_callers_attach_to_one_reply(stub, database_url, model_server
     user_id, request_id = f"user-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     first = await collect(stub.StreamReply(pb.StreamReplyRequest(user_id=user_id, content="first [[len=20]]")))
     conversation_id = first[0].started.conversation_id
-    content = f"raced {request_id} [[len=600 chunk=5 delay=0.004]]"
-    request = pb.StreamReplyRequest(
-        user_id=user_id, conversation_id=conversation_id, content=content, request_id=request_id, interrupt=interrupt
-    )
+    with model_server.gate() as gate:
+        content = f"raced {request_id} [[len=600 {gate.at(100)}]]"
+        request = pb.StreamReplyRequest(
+            user_id=user_id,
+            conversation_id=conversation_id,
+            content=content,
+            request_id=request_id,
+            interrupt=interrupt,
+        )
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as barrier:
+            async with barrier.transaction():
+                await barrier.execute("SELECT 1 FROM conversations WHERE id = %s FOR UPDATE", (conversation_id,))
+                calls = [stub.StreamReply(request) for _ in range(2)]
+                racing = asyncio.gather(*(read_started(call) for call in calls))
+                await waiting_for_a_lock(barrier, 2)
+            # the barrier's transaction ends here: both starts go on at once
+            first_start, second_start = await racing
+        # both attached while the reply was held: neither replayed an ended one, and an interrupt stopped nothing
+        await gate.reached()
+        assert first_start.message_id == second_start.message_id
+        await assert_streaming(stub, user_id, first_start.message_id)
+        gate.release()
+        one, two = await asyncio.gather(*(collect(call) for call in calls))
 
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as barrier:
-        async with barrier.transaction():
-            await barrier.execute("SELECT 1 FROM conversations WHERE id = %s FOR UPDATE", (conversation_id,))
-            racing = [asyncio.create_task(collect(stub.StreamReply(request))) for _ in range(2)]
-            await waiting_for_a_lock(barrier, 2)
-        # the barrier's transaction ends here: both starts go on at once
-        one, two = await asyncio.gather(*racing)
-
-    assert one[0].started.message_id == two[0].started.message_id
     for events in (one, two):
         assert events[-1].finished.message.status == pb.MESSAGE_STATUS_COMPLETE
         assert joined(events) == expected_reply(content)

@@ -16,9 +16,8 @@ from genservice.server import running_service
 from genservice.v1 import genservice_pb2 as pb
 from genservice.v1 import genservice_pb2_grpc as pb_grpc
 from tests.support.gateway_harness import gateway_config, http_client, started_gateway
-from tests.support.grpc_replies import collect
-
-SLOW = "[[len=3000 chunk=5 delay=0.01]]"
+from tests.support.grpc_replies import assert_streaming, collect, read_started
+from tests.support.model_server import ModelServer
 
 
 @pytest.fixture
@@ -46,7 +45,7 @@ async def refusal(call: grpc.aio.UnaryStreamCall) -> tuple[grpc.StatusCode, str,
 
 
 async def test_past_a_users_limit_and_past_the_process_limit_a_start_is_refused_with_a_retry_hint(
-    genservice_config: GenServiceConfig, database_url: str, pool: Pool
+    genservice_config: GenServiceConfig, database_url: str, pool: Pool, model_server: ModelServer
 ) -> None:
     config = dataclasses.replace(genservice_config, max_active_replies_per_user=1, max_active_replies=2)
     async with (
@@ -57,25 +56,33 @@ async def test_past_a_users_limit_and_past_the_process_limit_a_start_is_refused_
     ):
         stub = pb_grpc.GenerationServiceStub(channel)
         greedy, late = user(), user()
-        first = stub.StreamReply(pb.StreamReplyRequest(user_id=greedy, content=f"busy {SLOW}"))
-        first_id = (await first.read()).started.message_id
-        code, details, trailers = await refusal(stub.StreamReply(pb.StreamReplyRequest(user_id=greedy, content="2nd")))
-        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit" in details
-        assert int(trailers["retry-after"]) > 0
-        assert await messages_of(pool, greedy) == 2  # the first reply and its question: nothing of the second
+        # the replies that fill the places are held at a gate, so they are running whenever a start is refused
+        with model_server.gate() as gate:
+            held = f"[[len=3000 {gate.at(0)}]]"
+            first = stub.StreamReply(pb.StreamReplyRequest(user_id=greedy, content=f"busy {held}"))
+            first_id = (await read_started(first)).message_id
+            await assert_streaming(stub, greedy, first_id)
+            code, details, trailers = await refusal(
+                stub.StreamReply(pb.StreamReplyRequest(user_id=greedy, content="2nd"))
+            )
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit" in details
+            assert int(trailers["retry-after"]) > 0
+            assert await messages_of(pool, greedy) == 2  # the first reply and its question: nothing of the second
 
-        # the gateway's development user fills the process's last place
-        async with client.stream("POST", "/v1/replies", json={"content": f"dev {SLOW}"}) as streaming:
-            assert streaming.status_code == 200
-            full = await client.post("/v1/replies", json={"content": "no room"})
-            code, details, trailers = await refusal(stub.StreamReply(pb.StreamReplyRequest(user_id=late, content="x")))
-            assert code == grpc.StatusCode.UNAVAILABLE and "limit" in details and int(trailers["retry-after"]) > 0
-            assert await messages_of(pool, late) == 0
+            # the gateway's development user fills the process's last place
+            async with client.stream("POST", "/v1/replies", json={"content": f"dev {held}"}) as streaming:
+                assert streaming.status_code == 200
+                full = await client.post("/v1/replies", json={"content": "no room"})
+                code, details, trailers = await refusal(
+                    stub.StreamReply(pb.StreamReplyRequest(user_id=late, content="x"))
+                )
+                assert code == grpc.StatusCode.UNAVAILABLE and "limit" in details and int(trailers["retry-after"]) > 0
+                assert await messages_of(pool, late) == 0
 
-            # a place frees up, but the development user is at a limit of its own
-            await stub.CancelReply(pb.CancelReplyRequest(user_id=greedy, message_id=first_id))
-            first.cancel()
-            over = await client.post("/v1/replies", json={"content": "one too many"})
+                # a place frees up, but the development user is at a limit of its own
+                await stub.CancelReply(pb.CancelReplyRequest(user_id=greedy, message_id=first_id))
+                first.cancel()
+                over = await client.post("/v1/replies", json={"content": "one too many"})
 
     assert full.status_code == 503 and int(full.headers["retry-after"]) > 0
     assert "limit" in full.json()["error"]["message"]

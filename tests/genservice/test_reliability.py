@@ -11,9 +11,10 @@ import grpc
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from genservice.server import running_service
+from genservice.replies.database import DATABASE_ERRORS, Pool
+from genservice.server import running_service, session_options
 from genservice.v1 import genservice_pb2 as pb
 from genservice.v1 import genservice_pb2_grpc as pb_grpc
 from tests.support.grpc_replies import collect, joined, read_started, read_text, read_to_the_gate
@@ -170,41 +171,33 @@ async def test_an_unreachable_model_ends_error_with_a_reason(genservice_config):
     assert "could not reach the model" in final.error
 
 
-async def sweep_waits_on_a_lock(pool) -> bool:
-    """Whether a sweep waits for a message's row lock, held by an owner paused in the middle of a transaction."""
-    async with pool.connection() as conn:
-        cursor = await conn.execute(
-            "SELECT count(*) AS n FROM pg_stat_activity"
-            " WHERE query LIKE 'UPDATE messages%%' AND cardinality(pg_blocking_pids(pid)) > 0"
+async def test_a_session_idle_in_a_transaction_is_ended_after_the_bound(database_url: str, pool: Pool) -> None:
+    """genservice's connections carry idle_in_transaction_session_timeout and keep the URL's own options; what the
+    ended session then raises counts as a database outage (retried), not as a bug."""
+    url = make_conninfo(database_url, options="-c lock_timeout=4321")
+    async with await psycopg.AsyncConnection.connect(url, options=session_options(url, 0.3)["options"]) as idle:
+        cursor = await idle.execute(
+            "SELECT current_setting('lock_timeout'), current_setting('idle_in_transaction_session_timeout'),"
+            " pg_backend_pid()"
         )
         row = await cursor.fetchone()
-    return bool(row["n"])
-
-
-async def pause_until_swept(process, watching: asyncio.Task[list[pb.ReplyEvent]], pool) -> None:
-    """SIGSTOP the owner until the sweep ends its message (the watcher's task ends).
-
-    A pause that lands inside one of the owner's transactions keeps its row lock, and the sweep waits for it
-    as long as the pause lasts (genservice sets no idle-in-transaction timeout): then the owner goes on and is
-    paused again.
-    """
-    while True:
-        process.signal(signal.SIGSTOP)
-        while not watching.done():
-            if await sweep_waits_on_a_lock(pool):
-                break
-            await asyncio.wait({watching}, timeout=0.05)
-        else:
-            return
-        process.signal(signal.SIGCONT)
+        assert row is not None and row[:2] == ("4321ms", "300ms")
+        # the connection is inside a transaction now, and says nothing more
         async with asyncio.timeout(10):
-            while await sweep_waits_on_a_lock(pool):
-                await asyncio.sleep(0.02)
+            while await backend_alive(pool, row[2]):
+                await asyncio.sleep(0.05)
+        with pytest.raises(DATABASE_ERRORS):
+            await idle.execute("SELECT 1")
 
 
-async def test_a_paused_owner_that_lost_its_lease_never_writes_to_the_message_again(
-    stub, database_url, model_server, pool
-):
+async def backend_alive(pool: Pool, pid: int) -> bool:
+    async with pool.connection() as conn:
+        cursor = await conn.execute("SELECT count(*) AS n FROM pg_stat_activity WHERE pid = %s", (pid,))
+        row = await cursor.fetchone()
+    return row is not None and row["n"] > 0
+
+
+async def test_a_paused_owner_that_lost_its_lease_never_writes_to_the_message_again(stub, database_url, model_server):
     env = {"DATABASE_URL": database_url, "OPENAI_BASE_URL": model_server.base_url, "LEASE_SECONDS": "1"}
     with model_server.gate() as gate:
         user_id, content = user(), f"pause [[len=6000 {gate.at(300)}]]"
@@ -212,12 +205,9 @@ async def test_a_paused_owner_that_lost_its_lease_never_writes_to_the_message_ag
         async with reply_on_a_genservice_process(env, request) as (paused, call):
             started, _ = await read_to_the_gate(call, 300, stub, user_id)
             watch = stub.WatchReply(pb.WatchReplyRequest(user_id=user_id, message_id=started.message_id))
-            watching = asyncio.create_task(collect(watch, seconds=20))
-            try:
-                await pause_until_swept(paused, watching, pool)
-            finally:
-                watching.cancel()
-            swept = watching.result()[-1].finished.message
+            # a pause inside one of the owner's transactions holds its row lock for one of its leases at most
+            paused.signal(signal.SIGSTOP)
+            swept = (await collect(watch, seconds=10))[-1].finished.message
             # the model goes on, so the owner wakes up with text it must not write
             gate.release()
             paused.signal(signal.SIGCONT)

@@ -16,6 +16,7 @@ from genservice.server import running_service
 from genservice.v1 import genservice_pb2 as pb
 from genservice.v1 import genservice_pb2_grpc as pb_grpc
 from tests.support.grpc_replies import collect, joined
+from tests.support.model_server import ModelServer
 from tests.support.odd_model import GOOD_TEXT, odd_model
 
 
@@ -84,7 +85,9 @@ async def health(target: str) -> int:
     return int(reply.status)
 
 
-async def test_health_turns_not_serving_when_a_background_task_keeps_failing(genservice_config, fresh_database):
+async def test_health_turns_not_serving_when_a_background_task_keeps_failing(
+    genservice_config, fresh_database, model_server: ModelServer
+):
     config: GenServiceConfig = dataclasses.replace(genservice_config, database_url=fresh_database)
     async with (
         running_service(config) as service,
@@ -95,9 +98,13 @@ async def test_health_turns_not_serving_when_a_background_task_keeps_failing(gen
         # every save of the batcher now fails with an error that is not an outage
         await conn.execute("ALTER TABLE message_saves RENAME TO message_saves_gone")
         stub = pb_grpc.GenerationServiceStub(channel)
-        call = stub.StreamReply(pb.StreamReplyRequest(user_id=user(), content="slow [[len=5000 chunk=5 delay=0.01]]"))
-        async with asyncio.timeout(20):
-            while await health(service.target) == health_pb2.HealthCheckResponse.SERVING:
-                await asyncio.sleep(0.2)
-        call.cancel()
-        await conn.execute("ALTER TABLE message_saves_gone RENAME TO message_saves")
+        with model_server.gate() as gate:
+            # held with text the batcher cannot save, and resends after each failure
+            request = pb.StreamReplyRequest(user_id=user(), content=f"held [[len=5000 {gate.at(300)}]]")
+            call = stub.StreamReply(request)
+            await gate.reached()
+            async with asyncio.timeout(20):
+                while await health(service.target) == health_pb2.HealthCheckResponse.SERVING:
+                    await asyncio.sleep(0.2)
+            call.cancel()
+            await conn.execute("ALTER TABLE message_saves_gone RENAME TO message_saves")

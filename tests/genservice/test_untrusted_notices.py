@@ -17,8 +17,8 @@ from psycopg.conninfo import make_conninfo
 
 from genservice.replies.notices import CHANNEL
 from genservice.v1 import genservice_pb2 as pb
-from tests.support.grpc_replies import collect, joined
-from tests.support.model_server import expected_reply
+from tests.support.grpc_replies import assert_streaming, collect, joined, read_to_the_gate
+from tests.support.model_server import ModelServer, expected_reply
 
 
 @pytest.fixture
@@ -51,18 +51,24 @@ def forgeries(message_id: str) -> list[str]:
     ]
 
 
-async def test_forged_notices_neither_stop_nor_end_nor_inject_and_the_listener_lives(stub, genservice_target, intruder):
-    user_id, content = f"user-{uuid.uuid4().hex[:8]}", "under attack [[len=3000 chunk=5 delay=0.004]]"
+async def test_forged_notices_neither_stop_nor_end_nor_inject_and_the_listener_lives(
+    stub, genservice_target, intruder, model_server: ModelServer
+):
+    user_id = f"user-{uuid.uuid4().hex[:8]}"
     await intruder.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
-    call = stub.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=content))
-    message_id = (await call.read()).started.message_id
-    watch = stub.WatchReply(pb.WatchReplyRequest(user_id=user_id, message_id=message_id))
-    assert (await watch.read()).HasField("started")
+    with model_server.gate() as gate:
+        content = f"under attack [[len=3000 {gate.at(300)}]]"
+        call = stub.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=content))
+        message_id = (await read_to_the_gate(call, 300, stub, user_id))[0].message_id
+        watch = stub.WatchReply(pb.WatchReplyRequest(user_id=user_id, message_id=message_id))
+        assert (await watch.read()).HasField("started")
 
-    forged = forgeries(message_id)
-    for payload in forged:
-        await intruder.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
-    owner_events, watched = await asyncio.gather(collect(call), collect(watch))
+        forged = forgeries(message_id)
+        for payload in forged:
+            await intruder.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+        await assert_streaming(stub, user_id, message_id)
+        gate.release()
+        owner_events, watched = await asyncio.gather(collect(call), collect(watch))
 
     expected = expected_reply(content)
     final = owner_events[-1].finished.message
@@ -77,14 +83,18 @@ async def test_forged_notices_neither_stop_nor_end_nor_inject_and_the_listener_l
     ours = [json.loads(p) for p in heard if p not in forged and p.startswith('{"m"')]
     assert ours and all(set(n) <= {"m", "s", "e", "ts", "c"} for n in ours)
 
-    # the listener is alive: health says so, and a new follower still gets the truth
+    # the listener is alive: health says so, and a new follower of a live reply still gets the truth
     async with grpc.aio.insecure_channel(genservice_target) as channel:
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
-    second = "after the attack [[len=600 chunk=5 delay=0.004]]"
-    call = stub.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=second))
-    message_id = (await call.read()).started.message_id
-    watched = await collect(stub.WatchReply(pb.WatchReplyRequest(user_id=user_id, message_id=message_id)))
+    with model_server.gate() as gate:
+        second = f"after the attack [[len=600 {gate.at(100)}]]"
+        call = stub.StreamReply(pb.StreamReplyRequest(user_id=user_id, content=second))
+        message_id = (await read_to_the_gate(call, 100, stub, user_id))[0].message_id
+        watch = stub.WatchReply(pb.WatchReplyRequest(user_id=user_id, message_id=message_id))
+        assert (await watch.read()).HasField("started")
+        gate.release()
+        watched = await collect(watch)
     assert joined(watched) == expected_reply(second)
     call.cancel()
 

@@ -9,12 +9,14 @@ fails the run: without them the chat tests skip with a reason, unless REQUIRE_NO
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -83,27 +85,63 @@ def ensure_packages() -> None:
         log.warning("npm ci failed (%s): the chat tests will be skipped", exc)
 
 
-async def run_driver(scenario: str, args: dict[str, Any], seconds: float = 60) -> dict[str, Any]:
-    """One scenario's report: what the client saw. The process is killed if it outlives `seconds`."""
+class Driver:
+    """A running scenario. With `checkpoints: true` in its args it stops at each of its checkpoints (see driver.mjs)
+    until `go()`."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+        self._stderr: list[bytes] = []
+
+    async def at(self, checkpoint: str, seconds: float = 20) -> None:
+        """Return once the driver waits at `checkpoint`."""
+        assert self._process.stderr is not None
+        async with asyncio.timeout(seconds):
+            while (line := await self._process.stderr.readline()) != f"checkpoint {checkpoint}\n".encode():
+                assert line, f"the driver ended before checkpoint {checkpoint}: {b''.join(self._stderr).decode()}"
+                self._stderr.append(line)
+
+    async def go(self) -> None:
+        """Let the driver go on from the checkpoint it waits at."""
+        assert self._process.stdin is not None
+        self._process.stdin.write(b"go\n")
+        await self._process.stdin.drain()
+
+    async def report(self, seconds: float = 60) -> dict[str, Any]:
+        """What the client saw, once the scenario is over."""
+        async with asyncio.timeout(seconds):
+            stdout, stderr = await self._process.communicate()
+        errors = (b"".join(self._stderr) + stderr).decode()
+        assert self._process.returncode == 0, f"driver exited {self._process.returncode}: {errors[-2000:]}"
+        report: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
+        assert not report["timedOut"], f"the scenario timed out: {json.dumps(report)[:4000]}"
+        return report
+
+
+@contextlib.asynccontextmanager
+async def started_driver(scenario: str, args: dict[str, Any]) -> AsyncIterator[Driver]:
+    """The driver running one scenario; killed if it still runs when the block ends."""
     process = await asyncio.create_subprocess_exec(
         "node",
         str(DRIVER),
         scenario,
         json.dumps(args),
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        async with asyncio.timeout(seconds):
-            stdout, stderr = await process.communicate()
+        yield Driver(process)
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
-    assert process.returncode == 0, f"driver exited {process.returncode}: {stderr.decode()[-2000:]}"
-    report: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
-    assert not report["timedOut"], f"the scenario timed out: {json.dumps(report)[:4000]}"
-    return report
+
+
+async def run_driver(scenario: str, args: dict[str, Any], seconds: float = 60) -> dict[str, Any]:
+    """One scenario's report: what the client saw. The process is killed if it outlives `seconds`."""
+    async with started_driver(scenario, args) as driver:
+        return await driver.report(seconds)
 
 
 if __name__ == "__main__":
