@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from pathlib import Path
 
 from tests.genservice.conftest import TOKEN
 from tests.support.model_server import expected_reply
+from tests.support.processes import run_command
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "follow_reply.py"
@@ -17,23 +17,14 @@ EXAMPLE = ROOT / "docs" / "examples" / "follow_reply.py"
 async def run_example(target: str, *args: str, token: str | None = None) -> tuple[str, list[str]]:
     """The example's stdout, and its stderr's lines; `token`: GENSERVICE_TOKEN in its environment."""
     env = {name: value for name, value in os.environ.items() if name != "GENSERVICE_TOKEN"}
-    process = await asyncio.create_subprocess_exec(
+    finished = await run_command(
         sys.executable,
         str(EXAMPLE),
         *args,
         env={**env, "GENSERVICE_TARGET": target, **({} if token is None else {"GENSERVICE_TOKEN": token})},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
-    try:
-        async with asyncio.timeout(30):
-            stdout, stderr = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 0, stderr.decode()
-    return stdout.decode(), stderr.decode().split()
+    assert finished.returncode == 0, finished.stderr
+    return finished.stdout, finished.stderr.split()
 
 
 async def test_the_readme_shows_the_example_as_it_is():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shlex
@@ -15,6 +14,7 @@ import pytest
 
 from tests.genservice.conftest import TOKEN
 from tests.support.model_server import expected_reply
+from tests.support.processes import run_command
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 README_TARGET = "127.0.0.1:50051"
@@ -46,18 +46,8 @@ async def run_grpcurl(argv: list[str], target: str, options: list[str], **values
     for name, value in values.items():
         args = [arg.replace(f"<{name}>", value) for arg in args]
     assert GRPCURL is not None
-    process = await asyncio.create_subprocess_exec(
-        GRPCURL, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        async with asyncio.timeout(30):
-            stdout, stderr = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
+    finished = await run_command(GRPCURL, *args)
+    return finished.returncode, finished.stdout, finished.stderr
 
 
 async def grpcurl(argv: list[str], target: str, options: list[str], **values: str) -> str:

@@ -116,3 +116,26 @@ async def gateway_process(env: dict[str, str], log: Path) -> AsyncIterator[tuple
     args = ["-m", "gateway.server"]
     async with http_process(args, {**env, "GATEWAY_ADDR": addr}, log, f"http://{addr}/healthz") as popen:
         yield popen, f"http://{addr}"
+
+
+@dataclass(frozen=True)
+class Finished:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run_command(*argv: str, env: Mapping[str, str] | None = None, seconds: float = 30) -> Finished:
+    """Run a program to its end, bounded by `seconds`; killed if it outlives them."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, env=None if env is None else dict(env), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(seconds):
+            stdout, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return Finished(process.returncode, stdout.decode(), stderr.decode())
