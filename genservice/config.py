@@ -27,8 +27,8 @@ class GenServiceConfig:
     openai_api_key: str | None = field(default=None, repr=False)
     openai_model: str = "demo"
     save_every_chars: int = 200
-    # a save waits at most this long for more text (slow models)
-    save_max_delay: float = 0.1
+    # a save waits at most this long for more text; it also bounds how late followers elsewhere are
+    save_max_delay: float = 0.05
     lease_seconds: float = 15.0
     shutdown_grace_seconds: float = 10.0
     model_idle_timeout: float = 60.0
