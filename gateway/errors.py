@@ -64,8 +64,14 @@ def unauthenticated(message: str) -> ApiError:
     return ApiError(401, "unauthenticated", message, headers={"WWW-Authenticate": 'Bearer realm="gateway"'})
 
 
+# seconds a refused client (429, 503) is told to wait before it tries again
+RETRY_AFTER_SECONDS = 2
+
+
 def unavailable(what: str) -> ApiError:
-    return ApiError(503, "unavailable", f"{what} is unavailable; try again")
+    return ApiError(
+        503, "unavailable", f"{what} is unavailable; try again", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+    )
 
 
 def from_rpc_error(err: grpc.aio.AioRpcError) -> ApiError:
@@ -81,7 +87,8 @@ def from_status(code: grpc.StatusCode, details: str) -> ApiError:
         if status == 503:
             return unavailable("genservice")
         return ApiError(500, "internal", GENERIC_MESSAGES[500])
-    return ApiError(status, name, details or name)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 429 else None
+    return ApiError(status, name, details or name, headers=headers)
 
 
 def from_exception(exc: BaseException) -> ApiError:

@@ -98,7 +98,7 @@ def channel_target(target: str) -> tuple[str, list[tuple[str, int | str]]]:
         try:
             ipaddress.ip_address(address.rpartition(":")[0].strip("[]"))
         except ValueError:
-            raise ConfigError(f"GENSERVICE_TARGET: with several addresses each must be ip:port, got {address!r}") from None
+            raise ConfigError(f"GENSERVICE_TARGET: several addresses must each be ip:port, got {address!r}") from None
     scheme = "ipv6" if addresses[0].startswith("[") else "ipv4"
     return f"{scheme}:{','.join(addresses)}", [*CHANNEL_OPTIONS, ("grpc.lb_policy_name", "round_robin")]
 

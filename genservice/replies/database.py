@@ -20,7 +20,36 @@ log = logging.getLogger(__name__)
 EMBEDDED_DATA_DIR = Path(".data") / "postgres"
 CONNECT_TIMEOUT_SECONDS = 3
 
-Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
+
+class Pool(AsyncConnectionPool[AsyncConnection[DictRow]]):
+    """A pool whose waits end by the waiting request's own deadline while the database answers.
+
+    When every connection is lent out, a wait past the pool's timeout is a queue, not an outage: it
+    goes on, and the request that waits (its gRPC deadline, the gateway's first-event timeout)
+    bounds it. A pool that cannot open or keep its connections fails the wait, as before.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # connections handed out and not yet returned
+        self._lent = 0
+
+    async def getconn(self, timeout: float | None = None) -> AsyncConnection[DictRow]:
+        while True:
+            try:
+                conn = await super().getconn(timeout)
+            except psycopg_pool.PoolTimeout:
+                if self._lent < self.max_size:
+                    raise
+            else:
+                self._lent += 1
+                return conn
+
+    async def putconn(self, conn: AsyncConnection[DictRow]) -> None:
+        self._lent -= 1
+        await super().putconn(conn)
+
+
 # what a database that is down or restarting raises; anything else is a bug, not an outage
 DATABASE_ERRORS = (psycopg.OperationalError, psycopg_pool.PoolTimeout)
 
@@ -60,7 +89,7 @@ def connection_kwargs(application_name: str) -> dict[str, Any]:
 
 @asynccontextmanager
 async def open_pool(url: str, application_name: str, max_size: int = 10) -> AsyncIterator[Pool]:
-    pool: Pool = AsyncConnectionPool(
+    pool = Pool(
         url,
         min_size=1,
         max_size=max_size,
