@@ -20,8 +20,9 @@ install: $(STAMP) ## make the virtual env in .venv with every dependency
 run: $(STAMP) ## start Postgres, demo-llm (unless OPENAI_BASE_URL is set), genservice and gateway; Ctrl-C stops all
 	$(BIN)/python -m genservice.supervisor
 
-test: $(STAMP) proto-check ## run every test (the browser test installs Debian's chromium where it can)
+test: $(STAMP) proto-check ## run every test (installs Debian's chromium, and Node with the AI SDK client, where it can)
 	$(BIN)/python -m tests.support.browser
+	$(BIN)/python -m tests.support.aisdk
 	$(BIN)/pytest
 
 proto: $(STAMP) ## regenerate the gRPC stubs (and typed .pyi) from proto/
@@ -38,13 +39,17 @@ proto-check: $(STAMP) ## fail when the committed stubs are stale
 lint: $(STAMP) ## ruff and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy genservice gateway tests
+	$(BIN)/mypy genservice gateway tests bench
 
-bench: $(STAMP) ## benchmarks: save path (WAL, notifying commits) and gateway memory with stalled clients, as ratios
+bench: $(STAMP) ## benchmarks: concurrent replies (latency per reader, CPU, capacity), the save path, gateway memory
+	$(BIN)/python -m bench.replies $(BENCH_ARGS)
 	$(BIN)/python -m bench.saves
 	$(BIN)/python -m bench.gateway_memory
+
+bench-quick: $(STAMP) ## the concurrent-replies benchmark at 1 and 100 streams (under 2 minutes)
+	$(BIN)/python -m bench.replies --quick
 
 clean: ## remove the virtual env and the embedded database
 	rm -rf $(VENV) .data
 
-.PHONY: help install run test proto proto-check lint bench clean
+.PHONY: help install run test proto proto-check lint bench bench-quick clean

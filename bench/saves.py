@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable
 from pathlib import Path
 
-from genservice import store
+from genservice import writes
 from genservice.batcher import SaveBatcher
 from genservice.replies.database import Pool, open_pool, postgres_url
 from genservice.replies.migrations import migrate
@@ -32,7 +32,7 @@ log = logging.getLogger("bench")
 
 
 async def new_reply(pool: Pool) -> str:
-    reply = await store.start_reply(
+    reply = await writes.start_reply(
         pool,
         user_id="bench",
         conversation_id=None,
@@ -78,8 +78,8 @@ async def save_by_rewriting(pool: Pool, message_id: str) -> None:
 
 async def save_by_appending(pool: Pool, message_id: str) -> None:
     for n in range(REPLY_CHARS // SAVE_EVERY):
-        piece = store.SavePiece(message_id, n * SAVE_EVERY, text(SAVE_EVERY))
-        await store.save_pieces(pool, OWNER, 600, [piece], [])
+        piece = writes.SavePiece(message_id, n * SAVE_EVERY, text(SAVE_EVERY))
+        await writes.save_pieces(pool, OWNER, 600, [piece], [])
 
 
 # each generation writes at a model's pace: 20 characters every 10 ms
@@ -98,7 +98,7 @@ async def per_generation_commits(pool: Pool, ids: list[str], seconds: float) -> 
             pending += text(PACE_CHARS)
             chars += PACE_CHARS
             if len(pending) >= SAVE_EVERY:
-                await store.save_pieces(pool, OWNER, 600, [store.SavePiece(message_id, offset, pending)], [])
+                await writes.save_pieces(pool, OWNER, 600, [writes.SavePiece(message_id, offset, pending)], [])
                 offset += len(pending)
                 pending = ""
                 commits += 1
@@ -109,11 +109,9 @@ async def per_generation_commits(pool: Pool, ids: list[str], seconds: float) -> 
 
 
 async def batched_commits(pool: Pool, ids: list[str], seconds: float) -> tuple[int, int]:
-    batcher = SaveBatcher(
-        pool, OWNER, save_every_chars=SAVE_EVERY, max_delay=0.05, lease_seconds=600, on_lease_lost=lambda _: None
-    )
+    batcher = SaveBatcher(pool, OWNER, save_every_chars=SAVE_EVERY, max_delay=0.05, lease_seconds=600)
     for message_id in ids:
-        batcher.track(message_id)
+        batcher.track(message_id, lambda: None)
     runner = asyncio.create_task(batcher.run())
     chars = 0
     deadline = time.monotonic() + seconds

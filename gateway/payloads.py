@@ -111,3 +111,67 @@ def parse_page_size(value: str | None) -> int:
     if not text.isascii() or not text.isdigit() or len(text) > 9:
         raise bad_request(f"page_size must be a whole number, got {value[:40]!r}")
     return int(text)
+
+
+SUBMIT = "submit-message"
+REGENERATE = "regenerate-message"
+MAX_CHAT_ID_CHARS = 200
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """The body the AI SDK's DefaultChatTransport posts, `{id, messages, trigger, messageId?}`, reduced to what is new.
+
+    The server's conversation is the history: of `messages` only the last user message counts.
+    """
+
+    chat_id: str
+    trigger: str
+    # the last user message: the client's id and its text parts, joined
+    message_id: str
+    text: str
+    # regenerate-message: the id of the reply to replace, when the client names one
+    replaced_id: str = ""
+
+    @property
+    def regenerate(self) -> bool:
+        return self.trigger == REGENERATE
+
+    @classmethod
+    def from_json(cls, body: object) -> ChatRequest:
+        if not isinstance(body, dict):
+            raise unprocessable("the body must be a JSON object")
+        chat_id = chat_id_of(body.get("id"), "id")
+        trigger = body.get("trigger", SUBMIT)
+        if trigger not in (SUBMIT, REGENERATE):
+            raise unprocessable(f"trigger must be {SUBMIT!r} or {REGENERATE!r}")
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            raise unprocessable("messages must be a list")
+        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        if not users:
+            raise unprocessable("messages holds no user message")
+        last = users[-1]
+        message_id = last.get("id")
+        if not isinstance(message_id, str) or not message_id or len(message_id) > MAX_CHAT_ID_CHARS:
+            raise unprocessable(f"the last user message needs an id of 1 to {MAX_CHAT_ID_CHARS} characters")
+        parts = last.get("parts")
+        if not isinstance(parts, list):
+            raise unprocessable("the last user message's parts must be a list")
+        text = ""
+        for part in parts:
+            if isinstance(part, dict) and part.get("type") == "text":
+                piece = part.get("text")
+                if not isinstance(piece, str):
+                    raise unprocessable("a text part's text must be a string")
+                text += piece
+        if trigger == SUBMIT and not text.strip():
+            raise unprocessable("the last user message has no text")
+        return cls(chat_id, trigger, message_id, text, _optional_str(body, "messageId"))
+
+
+def chat_id_of(value: object, source: str) -> str:
+    """A client's chat id: a string of 1 to 200 characters."""
+    if not isinstance(value, str) or not value or len(value) > MAX_CHAT_ID_CHARS or "\x00" in value:
+        raise bad_request(f"{source} must be a chat id of 1 to {MAX_CHAT_ID_CHARS} characters")
+    return value

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from starlette.responses import StreamingResponse
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # text an outbox takes before its reader waits for the client
 MAX_PENDING_CHARS = 16_384
+
+Frames = Callable[[pb.ReplyEvent], bytes | None]
 
 
 def _discard(task: asyncio.Task[None]) -> None:
@@ -59,8 +61,8 @@ class EventStreamResponse(StreamingResponse):
 
     media_type = sse.MEDIA_TYPE
 
-    def __init__(self, body: AsyncIterator[bytes]) -> None:
-        super().__init__(body, headers=sse.HEADERS)
+    def __init__(self, body: AsyncIterator[bytes], headers: Mapping[str, str] = sse.HEADERS) -> None:
+        super().__init__(body, headers=headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -79,7 +81,8 @@ class _Delta:
 class _Outbox:
     """What the upstream sent and the client has not been written yet; contiguous deltas merge."""
 
-    def __init__(self, ping_seconds: float) -> None:
+    def __init__(self, ping_seconds: float, frames: Frames) -> None:
+        self._frames = frames
         self.wake = asyncio.Event()
         self._room = asyncio.Event()
         # in order: contiguous deltas merged, other events as they came
@@ -130,13 +133,10 @@ class _Outbox:
         frames: list[bytes] = []
         finished = False
         for item in self._items:
-            if isinstance(item, _Delta):
-                frames.append(views.delta_frame(item.offset, "".join(item.pieces)))
-                continue
-            frame = views.event_frame(item)
+            frame = self._merged(item) if isinstance(item, _Delta) else self._frames(item)
             if frame is not None:
                 frames.append(frame)
-            if views.is_finished(item):
+            if isinstance(item, pb.ReplyEvent) and views.is_finished(item):
                 finished = True
                 break
         self._items.clear()
@@ -147,6 +147,13 @@ class _Outbox:
             frames.append(sse.PING)
         self._written_at = self._loop.time()
         return b"".join(frames), finished
+
+    def _merged(self, delta: _Delta) -> bytes | None:
+        """A merged delta's frame: built directly for our SSE, else framed as one event by the stream's encoding."""
+        text = "".join(delta.pieces)
+        if self._frames is views.event_frame:
+            return views.delta_frame(delta.offset, text)
+        return self._frames(pb.ReplyEvent(delta=pb.ReplyDelta(offset=delta.offset, text=text)))
 
     def close(self) -> None:
         self._ping_timer.cancel()
@@ -190,20 +197,27 @@ class Relay:
             outbox.wake.set()
 
     async def body(
-        self, first: pb.ReplyEvent, events: AsyncIterator[pb.ReplyEvent], route: str
+        self,
+        first: pb.ReplyEvent,
+        events: AsyncIterator[pb.ReplyEvent],
+        route: str,
+        frames: Frames = views.event_frame,
     ) -> AsyncIterator[bytes]:
-        """`first` (already pulled, a `started`), then the rest of `events` up to `finished`, as SSE frames."""
+        """`first` (already pulled, a `started`), then the rest of `events` up to `finished`, as `frames` encodes them.
+
+        An event that `frames` gives None for is skipped.
+        """
         message_id = first.started.message_id
         gauge = self._metrics.open_streams.labels(route=route)
         gauge.inc()
-        outbox = _Outbox(self._ping_seconds)
+        outbox = _Outbox(self._ping_seconds, frames)
         outbox.closing = self._closing
         self._open.add(outbox)
         reader: asyncio.Task[None] | None = None
         # what ended the stream; a body closed from outside (the client went away) keeps the first value
         ending, failure = "client_gone", None
         try:
-            yield views.event_frame(first) or b""
+            yield frames(first) or b""
             if views.is_finished(first):
                 ending = "finished"
                 return
@@ -211,9 +225,9 @@ class Relay:
             while True:
                 await outbox.wake.wait()
                 outbox.wake.clear()
-                frames, finished = outbox.take()
-                if frames:
-                    yield frames
+                chunk, finished = outbox.take()
+                if chunk:
+                    yield chunk
                 if finished:
                     ending = "finished"
                     return

@@ -10,6 +10,9 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import cast
+
+from starlette.requests import Request
 
 from gateway.auth import DEV_USER, Authenticator
 from gateway.config import MIN_SECRET_BYTES, GatewayConfig
@@ -60,3 +63,8 @@ async def open_resources(config: GatewayConfig, metrics: GatewayMetrics, relay: 
             metrics=metrics,
             relay=relay,
         )
+
+
+def request_resources(request: Request) -> Resources:
+    """What the lifespan opened, as a handler reaches it."""
+    return cast(Resources, request.state.resources)

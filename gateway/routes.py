@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import cast
 
 import psycopg
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,18 +18,16 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway import views
+from gateway.chat import chat_routes
 from gateway.payloads import ReplyRequest, content_too_large, parse_page_size, read_json, resume_offset
 from gateway.relay import EventStreamResponse, first_event
 from gateway.resources import Resources
+from gateway.resources import request_resources as resources
 from genservice.replies import queries
 from genservice.replies.follow import follow_message
 from genservice.v1 import genservice_pb2 as pb
 
 log = logging.getLogger(__name__)
-
-
-def resources(request: Request) -> Resources:
-    return cast(Resources, request.state.resources)
 
 
 async def post_reply(request: Request) -> Response:
@@ -124,11 +121,20 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(resources(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+# The page loads only its own files; should a model's text ever get past the page's sanitizer,
+# inline scripts and event handlers still do not run.
+PAGE_POLICY = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+
 def routes(static_dir: Path) -> list[BaseRoute]:
     index = static_dir / "index.html"
 
     async def page(request: Request) -> Response:
-        return FileResponse(index, media_type="text/html", headers={"Cache-Control": "no-cache"})
+        headers = {"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_POLICY}
+        return FileResponse(index, media_type="text/html", headers=headers)
 
     return [
         Route("/", page, methods=["GET", "HEAD"]),
@@ -140,5 +146,6 @@ def routes(static_dir: Path) -> list[BaseRoute]:
         Route("/v1/messages/{message_id}/cancel", cancel_message, methods=["POST"]),
         Route("/v1/conversations", list_conversations, methods=["GET"]),
         Route("/v1/conversations/{conversation_id}/messages", list_messages, methods=["GET"]),
+        *chat_routes(),
         Mount("/static", StaticFiles(directory=static_dir), name="static"),
     ]

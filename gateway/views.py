@@ -10,6 +10,7 @@ import msgspec
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway import sse
+from genservice.replies.records import ChatMessage
 from genservice.v1 import genservice_pb2 as pb
 
 STATUS_NAMES = {
@@ -65,6 +66,11 @@ def conversation(conv: pb.Conversation) -> JSONObject:
         "created_at": timestamp(conv.created_at) if conv.HasField("created_at") else None,
         "updated_at": timestamp(conv.updated_at) if conv.HasField("updated_at") else None,
     }
+
+
+def ui_message(msg: ChatMessage) -> JSONObject:
+    """An AI SDK UIMessage: one text part."""
+    return {"id": msg.id, "role": msg.role.value, "parts": [{"type": "text", "text": msg.text}]}
 
 
 def _json(value: JSONObject) -> str:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from genservice import writes
 from genservice.config import GenServiceConfig
 from genservice.generation import Abandoned
 from genservice.generations import Generations
 from genservice.replies import convert, paging, queries
+from genservice.replies.chats import chat_conversation_id
 from genservice.replies.database import Pool
-from genservice.replies.errors import FailedPrecondition, Unavailable
+from genservice.replies.errors import InvalidArgument, Unavailable
 from genservice.replies.follow import follow_message
 from genservice.replies.listener import ListenerHub
 from genservice.replies.records import MessageRecord, Status
@@ -23,6 +25,22 @@ from genservice.v1 import genservice_pb2_grpc as pb_grpc
 from genservice.writes import StartedReply
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplyStart:
+    """A StreamReplyRequest, checked."""
+
+    user_id: str
+    # None: a new conversation
+    conversation_id: str | None
+    content: str
+    model: str
+    request_id: str | None
+    chat: bool
+    client_message_id: str | None
+    regenerate: bool
+
 
 # how long a stop waits for the generation's owner before ending the message itself
 CANCEL_WAIT_SECONDS = 3.0
@@ -39,14 +57,11 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
     async def StreamReply(  # noqa: N802 (the generated base's name)
         self, request: pb.StreamReplyRequest, context: Context
     ) -> AsyncIterator[pb.ReplyEvent]:
-        user_id = require_user(request.user_id)
-        content = require_content(request.content, self._config.max_content_chars)
-        conversation_id = parse_id(request.conversation_id, "conversation_id") if request.conversation_id else None
-        request_id = bounded_text(request.request_id, "request_id") or None
-        model = bounded_text(request.model, "model") or self._config.openai_model
+        start = self._checked_start(request)
         if not self._generations.accepting:
             raise Unavailable("the service is shutting down; retry on another replica")
-        reply = await self._start(user_id, conversation_id, content, model, request_id, request.interrupt)
+        reply = await self._start(start, request.interrupt)
+        user_id = start.user_id
         if reply.created:
             self._generations.launch(reply)
         yield pb.ReplyEvent(
@@ -98,39 +113,59 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
         record = await self._cancel(user_id, parse_id(request.message_id, "message_id"))
         return convert.message_to_pb(record)
 
-    async def _start(
-        self,
-        user_id: str,
-        conversation_id: str | None,
-        content: str,
-        model: str,
-        request_id: str | None,
-        interrupt: bool,
-    ) -> StartedReply:
+    def _checked_start(self, request: pb.StreamReplyRequest) -> ReplyStart:
+        user_id = require_user(request.user_id)
+        content = request.content
+        if not request.regenerate:
+            content = require_content(content, self._config.max_content_chars)
+        chat_id = bounded_text(request.chat_id, "chat_id")
+        if chat_id and request.conversation_id:
+            raise InvalidArgument("give conversation_id or chat_id, not both")
+        if chat_id:
+            conversation_id: str | None = chat_conversation_id(user_id, chat_id)
+        else:
+            conversation_id = parse_id(request.conversation_id, "conversation_id") if request.conversation_id else None
+        if request.regenerate and conversation_id is None:
+            raise InvalidArgument("regenerate needs the conversation_id or chat_id of the reply to regenerate")
+        return ReplyStart(
+            user_id=user_id,
+            conversation_id=conversation_id,
+            content=content,
+            model=bounded_text(request.model, "model") or self._config.openai_model,
+            request_id=bounded_text(request.request_id, "request_id") or None,
+            chat=bool(chat_id),
+            client_message_id=bounded_text(request.client_message_id, "client_message_id") or None,
+            regenerate=request.regenerate,
+        )
+
+    async def _start(self, start: ReplyStart, interrupt: bool) -> StartedReply:
         async def attempt() -> StartedReply:
             try:
                 return await writes.start_reply(
                     self._pool,
-                    user_id=user_id,
-                    conversation_id=conversation_id,
-                    content=content,
-                    model=model,
-                    request_id=request_id,
+                    user_id=start.user_id,
+                    conversation_id=start.conversation_id,
+                    content=start.content,
+                    model=start.model,
+                    request_id=start.request_id,
                     owner=self._generations.owner,
                     lease_seconds=self._config.lease_seconds,
+                    chat=start.chat,
+                    client_message_id=start.client_message_id,
+                    regenerate=start.regenerate,
                 )
             except writes.RequestRace:
-                assert request_id is not None
-                return await writes.attach_to_request(self._pool, user_id, request_id)
+                assert start.request_id is not None
+                return await writes.attach_to_request(self._pool, start.user_id, start.request_id)
 
         try:
             return await attempt()
-        except FailedPrecondition:
-            if not interrupt or conversation_id is None:
+        except writes.ReplyInProgress:
+            if not interrupt or start.conversation_id is None:
                 raise
-        streaming = await queries.streaming_reply_in(self._pool, conversation_id)
+        streaming = await queries.streaming_reply_in(self._pool, start.conversation_id)
         if streaming is not None:
-            await self._cancel(user_id, streaming)
+            await self._cancel(start.user_id, streaming)
         return await attempt()
 
     async def _relay(self, user_id: str, message: MessageRecord) -> AsyncIterator[pb.ReplyEvent]:

@@ -57,6 +57,10 @@ class RequestRace(Exception):
     """Rolls back a start that lost the race for its request key."""
 
 
+class ReplyInProgress(FailedPrecondition):
+    """A reply is still streaming in the conversation."""
+
+
 async def notify(conn: AsyncConnection[DictRow], notices: Sequence[Notice]) -> None:
     if notices:
         await conn.execute(
@@ -75,42 +79,47 @@ async def start_reply(
     request_id: str | None,
     owner: str,
     lease_seconds: float,
+    chat: bool = False,
+    client_message_id: str | None = None,
+    regenerate: bool = False,
 ) -> StartedReply:
-    """One transaction: the user's message, the assistant message (STREAMING, leased), the request key."""
+    """One transaction: the user's message, the assistant message (STREAMING, leased), the request key.
+
+    chat: `conversation_id` is a chat's, created here when it does not exist yet. regenerate: no
+    user message is saved; the reply answers the last one, whose earlier replies are superseded.
+    """
     async with pool.connection() as conn, conn.transaction():
-        if request_id is not None:
-            existing = await _reply_for_request(conn, user_id, request_id)
-            if existing is not None:
-                return StartedReply(existing.conversation_id, existing, [], created=False)
         if conversation_id is None:
+            if request_id is not None and (attached := await _attached(conn, user_id, request_id)) is not None:
+                return attached
             conversation_id = str(uuid.uuid4())
             await conn.execute(
                 "INSERT INTO conversations (id, user_id, title) VALUES (%s, %s, %s)",
                 (conversation_id, user_id, _title(content)),
             )
         else:
-            cursor = await conn.execute(
-                "SELECT id FROM conversations WHERE id = %s AND user_id = %s FOR UPDATE", (conversation_id, user_id)
-            )
-            if await cursor.fetchone() is None:
-                raise conversation_not_found(conversation_id)
-            cursor = await conn.execute(
-                "SELECT id FROM messages WHERE conversation_id = %s AND status = 'streaming'", (conversation_id,)
-            )
-            busy = await cursor.fetchone()
-            if busy is not None:
-                raise FailedPrecondition(
-                    f"message {busy['id']} is still streaming in conversation {conversation_id}; "
-                    "wait for it, cancel it, or send with interrupt"
+            if chat:
+                await conn.execute(
+                    "INSERT INTO conversations (id, user_id, title) VALUES (%s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                    (conversation_id, user_id, _title(content)),
                 )
+            await _lock_conversation(conn, user_id, conversation_id)
+            # after the lock: a retry that waited for its original's commit sees the key and attaches, never
+            # finding the original's reply in the way
+            if request_id is not None and (attached := await _attached(conn, user_id, request_id)) is not None:
+                return attached
+            await _refuse_busy(conn, conversation_id)
             await conn.execute(
                 "UPDATE conversations SET updated_at = clock_timestamp() WHERE id = %s", (conversation_id,)
             )
-        await conn.execute(
-            "INSERT INTO messages (id, conversation_id, user_id, role, content, status)"
-            " VALUES (%s, %s, %s, 'user', %s, 'complete')",
-            (str(uuid.uuid4()), conversation_id, user_id, content),
-        )
+        if regenerate:
+            await _supersede_last_replies(conn, conversation_id)
+        else:
+            await conn.execute(
+                "INSERT INTO messages (id, conversation_id, user_id, role, content, status, client_id)"
+                " VALUES (%s, %s, %s, 'user', %s, 'complete', %s)",
+                (str(uuid.uuid4()), conversation_id, user_id, content, client_message_id),
+            )
         cursor = await conn.execute(
             sql.SQL(
                 "INSERT INTO messages AS m"
@@ -134,26 +143,66 @@ async def start_reply(
                 raise RequestRace()
         cursor = await conn.execute(
             "SELECT role, content FROM messages WHERE conversation_id = %s AND id <> %s"
-            " AND (role = 'user' OR content <> '') ORDER BY seq",
+            " AND NOT superseded AND (role = 'user' OR content <> '') ORDER BY seq",
             (conversation_id, assistant.id),
         )
         history = [(Role(r["role"]), r["content"]) for r in await cursor.fetchall()]
         return StartedReply(conversation_id, assistant, history, created=True)
 
 
+async def _lock_conversation(conn: AsyncConnection[DictRow], user_id: str, conversation_id: str) -> None:
+    """The user's conversation, locked for this start; NOT_FOUND when absent."""
+    cursor = await conn.execute(
+        "SELECT id FROM conversations WHERE id = %s AND user_id = %s FOR UPDATE", (conversation_id, user_id)
+    )
+    if await cursor.fetchone() is None:
+        raise conversation_not_found(conversation_id)
+
+
+async def _refuse_busy(conn: AsyncConnection[DictRow], conversation_id: str) -> None:
+    cursor = await conn.execute(
+        "SELECT id FROM messages WHERE conversation_id = %s AND status = 'streaming'", (conversation_id,)
+    )
+    busy = await cursor.fetchone()
+    if busy is not None:
+        raise ReplyInProgress(
+            f"message {busy['id']} is still streaming in conversation {conversation_id}; "
+            "wait for it, cancel it, or send with interrupt"
+        )
+
+
+async def _supersede_last_replies(conn: AsyncConnection[DictRow], conversation_id: str) -> None:
+    """Regenerating: the replies to the conversation's last user message are no longer its answer."""
+    cursor = await conn.execute(
+        "SELECT seq FROM messages WHERE conversation_id = %s AND role = 'user' ORDER BY seq DESC LIMIT 1",
+        (conversation_id,),
+    )
+    last_user = await cursor.fetchone()
+    if last_user is None:
+        raise FailedPrecondition(f"conversation {conversation_id} has no message to regenerate a reply to")
+    await conn.execute(
+        "UPDATE messages SET superseded = true WHERE conversation_id = %s AND role = 'assistant' AND seq > %s",
+        (conversation_id, last_user["seq"]),
+    )
+
+
 async def attach_to_request(pool: Pool, user_id: str, request_id: str) -> StartedReply:
     async with pool.connection() as conn:
-        existing = await _reply_for_request(conn, user_id, request_id)
-    assert existing is not None, "the key was committed by the transaction that won the race"
-    return StartedReply(existing.conversation_id, existing, [], created=False)
+        attached = await _attached(conn, user_id, request_id)
+    assert attached is not None, "the key was committed by the transaction that won the race"
+    return attached
 
 
-async def _reply_for_request(conn: AsyncConnection[DictRow], user_id: str, request_id: str) -> MessageRecord | None:
+async def _attached(conn: AsyncConnection[DictRow], user_id: str, request_id: str) -> StartedReply | None:
+    """The reply already made for this request key, if any."""
     cursor = await conn.execute(
         "SELECT message_id FROM request_keys WHERE user_id = %s AND request_id = %s", (user_id, request_id)
     )
     row = await cursor.fetchone()
-    return None if row is None else await message_of_user(conn, user_id, str(row["message_id"]))
+    if row is None:
+        return None
+    existing = await message_of_user(conn, user_id, str(row["message_id"]))
+    return StartedReply(existing.conversation_id, existing, [], created=False)
 
 
 def _title(content: str) -> str:

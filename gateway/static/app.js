@@ -2,6 +2,7 @@
 // Replies stream in over POST /v1/replies; a reply that is still streaming
 // when the page loads (or whose stream broke) is followed again through
 // GET /v1/messages/{id}/events. Offsets are Unicode code points.
+// An assistant's text is Markdown, rendered with the vendored marked and DOMPurify (globals).
 (() => {
   'use strict';
 
@@ -53,17 +54,21 @@
   // ---- HTTP --------------------------------------------------------------
 
   class ApiError extends Error {
-    constructor(status, code, message) {
+    constructor(status, code, message, retryAfter = null) {
       super(message);
       this.status = status;
       this.code = code;
+      this.retryAfter = retryAfter; // seconds, from a refusal's Retry-After
     }
   }
+
+  const retryAfterSeconds = (value) => (/^\s*\d+\s*$/.test(value || '') ? Math.max(1, Number(value)) : null);
 
   async function errorFrom(res) {
     if (res.status === 401) return new ApiError(401, 'unauthenticated', 'Sign in required');
     const e = (parseJSON(await res.text().catch(() => '')) || {}).error || {};
-    return new ApiError(res.status, e.code || `http_${res.status}`, e.message || `Request failed (HTTP ${res.status})`);
+    return new ApiError(res.status, e.code || `http_${res.status}`, e.message || `Request failed (HTTP ${res.status})`,
+      retryAfterSeconds(res.headers.get('Retry-After')));
   }
 
   async function api(path, options = {}) {
@@ -74,10 +79,13 @@
 
   function showError(err) {
     if (err && err.name === 'AbortError') return;
+    const refusal = err instanceof ApiError && err.retryAfter !== null;
     const text = typeof err === 'string' ? err
-      : err instanceof ApiError ? err.message
-        : `Network error: ${(err && err.message) || err}`;
+      : refusal ? `${err.message.replace(/[\s.;]+$/, '')}; try again in ${err.retryAfter} s`
+        : err instanceof ApiError ? err.message
+          : `Network error: ${(err && err.message) || err}`;
     els.errorText.textContent = text;
+    els.error.classList.toggle('refusal', refusal); // busy, not broken: try again later
     els.error.hidden = false;
   }
 
@@ -169,7 +177,91 @@
     document.title = state.conversationId ? `${title} · Chat` : 'Chat';
   }
 
+  // ---- Markdown --------------------------------------------------------------
+  // Raw HTML in the model's text is shown as text, never parsed, and what marked makes is sanitized
+  // again. Images become links: loading a URL the model wrote would send a request wherever the
+  // model (or a prompt injected into it) chose.
+
+  const escapeHTML = (s) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+  const markdown = new marked.Marked({
+    gfm: true,
+    breaks: true,
+    renderer: {
+      html: ({ text, block }) => {
+        const shown = escapeHTML(text.trimEnd()).replace(/\n/g, '<br>');
+        return block ? `<p>${shown}</p>` : shown;
+      },
+      image: ({ href, text }) => `<a href="${escapeHTML(href)}">${escapeHTML(text || href)}</a>`,
+    },
+  });
+  const SANITIZE = {
+    ALLOWED_TAGS: ['a', 'blockquote', 'br', 'code', 'del', 'em', 'h1', 'h2', 'h3', 'h4', 'h5', 'h6', 'hr', 'input',
+      'li', 'ol', 'p', 'pre', 'strong', 'table', 'tbody', 'td', 'th', 'thead', 'tr', 'ul'],
+    ALLOWED_ATTR: ['align', 'checked', 'class', 'disabled', 'href', 'start', 'title', 'type'],
+    RETURN_DOM_FRAGMENT: true,
+  };
+  DOMPurify.addHook('afterSanitizeAttributes', (node) => {
+    if (node.tagName === 'A') {
+      node.setAttribute('target', '_blank');
+      node.setAttribute('rel', 'noopener noreferrer');
+    }
+    if (node.tagName !== 'CODE') node.removeAttribute('class'); // only a code block's language-*
+  });
+
+  function renderMarkdown(view) {
+    view.renderPending = false;
+    const started = performance.now();
+    view.el.dataset.text = view.text;
+    view.content.replaceChildren(DOMPurify.sanitize(markdown.parse(view.text), SANITIZE));
+    for (const pre of view.content.querySelectorAll('pre')) {
+      const block = el('div', 'code-block');
+      const bar = el('div', 'code-bar');
+      const language = /(?:^|\s)language-(\S+)/.exec(pre.firstElementChild?.className || '');
+      bar.append(el('span', 'code-language', language ? language[1] : ''), el('button', 'copy-code', 'Copy'));
+      bar.lastChild.type = 'button';
+      pre.replaceWith(block);
+      block.append(bar, pre);
+    }
+    view.renderedAt = performance.now();
+    view.renderCost = view.renderedAt - started;
+    followBottom();
+  }
+
+  // At most one render per animation frame however fast the deltas come; a reply long enough that
+  // rendering it costs more than a few milliseconds is rendered less often, so the page stays responsive.
+  function scheduleRender(view) {
+    if (view.renderPending) return;
+    view.renderPending = true;
+    const frame = () => requestAnimationFrame(() => renderMarkdown(view));
+    const wait = view.renderedAt + 4 * view.renderCost - performance.now();
+    if (view.renderCost > 4 && wait > 0) setTimeout(frame, wait);
+    else frame();
+  }
+
+  async function copyText(text) {
+    try {
+      await navigator.clipboard.writeText(text);
+      return true;
+    } catch { // no clipboard API outside a secure context, or permission refused
+      const area = el('textarea');
+      area.value = text;
+      area.setAttribute('readonly', '');
+      area.className = 'offscreen';
+      document.body.append(area);
+      area.select();
+      try { return document.execCommand('copy'); } finally { area.remove(); }
+    }
+  }
+
+  async function copyCode(button) {
+    const copied = await copyText(button.closest('.code-block').querySelector('pre').textContent);
+    button.textContent = copied ? 'Copied' : 'Copy failed';
+    setTimeout(() => { button.textContent = 'Copy'; }, 1500);
+  }
+
   // ---- messages ------------------------------------------------------------
+
+  const STATUS_LABELS = { streaming: 'Streaming', complete: 'Complete', cancelled: 'Cancelled', error: 'Error' };
 
   function renderMessage(m) {
     const role = norm(m.role) || 'assistant';
@@ -177,12 +269,15 @@
     node.dataset.role = role;
     node.dataset.messageId = m.id || '';
     const bubble = el('div', 'bubble');
-    const view = { id: m.id, el: node, content: el('div', 'content'), cp: 0, status: '', source: null };
+    const view = {
+      id: m.id, el: node, content: el('div', 'content'), text: '', cp: 0, status: '', source: null,
+      markdown: role === 'assistant', renderPending: false, renderedAt: 0, renderCost: 0,
+    };
     bubble.append(view.content);
     node.append(bubble);
-    if (role === 'assistant') {
-      Object.assign(view, { errorText: el('div', 'error-text'), badge: el('span', 'badge'), model: el('span', 'model') });
-      bubble.append(view.errorText);
+    if (view.markdown) {
+      Object.assign(view, { note: el('div', 'note'), badge: el('span', 'badge'), model: el('span', 'model') });
+      bubble.append(view.note);
       node.append(el('div', 'meta'));
       node.lastChild.append(view.badge, view.model);
     }
@@ -193,9 +288,14 @@
     return view;
   }
 
+  // data-text holds the message's exact text (an assistant's shows as its Markdown rendering);
+  // while a reply streams it is brought up to date at each render.
   function setText(view, text) {
+    view.text = text;
     view.cp = cpLength(text);
-    view.content.textContent = text;
+    view.el.dataset.text = text;
+    if (view.markdown) scheduleRender(view);
+    else view.content.textContent = text;
   }
 
   function setStatus(view, status, error, model) {
@@ -203,9 +303,11 @@
     view.el.dataset.status = status;
     if (view.badge) {
       view.badge.dataset.status = status;
-      view.badge.textContent = status;
-      view.errorText.textContent = status === 'error' ? (error || 'The reply failed.') : '';
-      view.errorText.hidden = status !== 'error';
+      view.badge.textContent = STATUS_LABELS[status] || status;
+      view.note.dataset.status = status;
+      view.note.textContent = status === 'error' ? (error || 'The reply failed.')
+        : status === 'cancelled' ? 'Stopped before the end.' : '';
+      view.note.hidden = !view.note.textContent;
       if (model) view.model.textContent = model;
     }
     updateControls();
@@ -218,16 +320,18 @@
     if (at > view.cp) return false;
     const fresh = at < view.cp ? cpSlice(text, view.cp - at) : text;
     if (fresh) {
+      view.text += fresh;
       view.cp += cpLength(fresh);
-      view.content.append(fresh);
-      followBottom();
+      scheduleRender(view);
     }
     return true;
   }
 
   function finish(view, m) {
     closeSource(view);
-    if (m && typeof m.content === 'string') setText(view, m.content);
+    // the streamed text is usually the whole text already: rendering it again would cost a render of it all
+    if (m && typeof m.content === 'string' && m.content !== view.text) setText(view, m.content);
+    else view.el.dataset.text = view.text;
     setStatus(view, m ? norm(m.status) || 'complete' : 'complete', m && m.error, m && m.model);
     followBottom();
   }
@@ -453,6 +557,10 @@
     els.errorClose.addEventListener('click', clearError);
     els.menu.addEventListener('click', () => document.body.classList.toggle('sidebar-open'));
     els.backdrop.addEventListener('click', closeSidebar);
+    els.messages.addEventListener('click', (e) => {
+      const button = e.target.closest('.copy-code');
+      if (button) copyCode(button);
+    });
     els.messages.addEventListener('scroll', () => {
       const m = els.messages;
       state.stick = m.scrollHeight - m.scrollTop - m.clientHeight < 48;

@@ -9,7 +9,15 @@ from psycopg.rows import DictRow
 
 from genservice.replies.database import Pool
 from genservice.replies.errors import conversation_not_found, message_not_found
-from genservice.replies.records import ConversationRecord, MessageRecord, TextAfter
+from genservice.replies.records import (
+    ChatMessage,
+    ConversationRecord,
+    LatestReply,
+    MessageRecord,
+    Role,
+    Status,
+    TextAfter,
+)
 
 MESSAGE_COLUMNS = sql.SQL(
     "m.id, m.conversation_id, m.role, m.content, m.status, m.error, m.model, m.finish_reason,"
@@ -20,13 +28,12 @@ SAVED_TEXT = sql.SQL(
     "(SELECT coalesce(string_agg(s.text, '' ORDER BY s.start_offset), '')"
     " FROM message_saves s WHERE s.message_id = m.id)"
 )
-# the columns of a message as saved now: a streaming message's content is read from its saves
+# a message's text as saved now: a streaming message's is read from its saves
+CONTENT_AS_SAVED = sql.SQL("CASE WHEN m.status = 'streaming' THEN {saved} ELSE m.content END").format(saved=SAVED_TEXT)
 MESSAGE_AS_SAVED = sql.SQL(
-    "m.id, m.conversation_id, m.role,"
-    " CASE WHEN m.status = 'streaming' THEN {saved} ELSE m.content END AS content,"
-    " m.status, m.error, m.model, m.finish_reason,"
+    "m.id, m.conversation_id, m.role, {content} AS content, m.status, m.error, m.model, m.finish_reason,"
     " m.prompt_tokens, m.completion_tokens, m.total_tokens, m.created_at, m.updated_at"
-).format(saved=SAVED_TEXT)
+).format(content=CONTENT_AS_SAVED)
 
 
 async def message_of_user(conn: AsyncConnection[DictRow], user_id: str, message_id: str) -> MessageRecord:
@@ -108,6 +115,32 @@ async def list_conversations(
         cursor = await conn.execute(query, params)
         rows = await cursor.fetchall()
     return [ConversationRecord(str(r["id"]), r["title"], r["created_at"], r["updated_at"]) for r in rows]
+
+
+async def chat_messages(pool: Pool, user_id: str, conversation_id: str) -> list[ChatMessage]:
+    """A chat's messages, oldest first, without superseded replies; none for an unknown chat."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            sql.SQL(
+                "SELECT coalesce(m.client_id, m.id::text) AS chat_id, m.role, {saved} AS text FROM messages m"
+                " WHERE m.conversation_id = %s AND m.user_id = %s AND NOT m.superseded ORDER BY m.seq"
+            ).format(saved=CONTENT_AS_SAVED),
+            (conversation_id, user_id),
+        )
+        rows = await cursor.fetchall()
+    return [ChatMessage(row["chat_id"], Role(row["role"]), row["text"]) for row in rows]
+
+
+async def latest_reply(pool: Pool, user_id: str, conversation_id: str) -> LatestReply | None:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT id, status, extract(epoch FROM clock_timestamp() - updated_at)::float8 AS idle FROM messages"
+            " WHERE conversation_id = %s AND user_id = %s AND role = 'assistant' AND NOT superseded"
+            " ORDER BY seq DESC LIMIT 1",
+            (conversation_id, user_id),
+        )
+        row = await cursor.fetchone()
+    return None if row is None else LatestReply(str(row["id"]), Status(row["status"]), row["idle"])
 
 
 async def streaming_reply_in(pool: Pool, conversation_id: str) -> str | None:

@@ -85,3 +85,23 @@ class TextAfter:
     conversation_id: str
     text: str
     final: MessageRecord | None
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """A message as a chat client knows it: a user message under the client's id, a reply under the server's."""
+
+    id: str
+    role: Role
+    # as saved now, like MessageRecord.content
+    text: str
+
+
+@dataclass(frozen=True)
+class LatestReply:
+    """A conversation's newest reply: what a chat resumes or stops."""
+
+    id: str
+    status: Status
+    # since its last change, by the database's clock
+    idle_seconds: float

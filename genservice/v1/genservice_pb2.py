@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1egenservice/v1/genservice.proto\x12\rgenservice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\"\xca\x02\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12!\n\x04role\x18\x03 \x01(\x0e\x32\x13.genservice.v1.Role\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12,\n\x06status\x18\x05 \x01(\x0e\x32\x1c.genservice.v1.MessageStatus\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x15\n\rfinish_reason\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x05usage\x18\x0b \x01(\x0b\x32\x14.genservice.v1.Usage\"\x89\x01\n\x0c\x43onversation\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x85\x01\n\x12StreamReplyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x11\n\tinterrupt\x18\x06 \x01(\x08\"H\n\x11WatchReplyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"8\n\x11GetMessageRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"9\n\x12\x43\x61ncelReplyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"?\n\x13ListMessagesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\"@\n\x14ListMessagesResponse\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.genservice.v1.Message\"R\n\x18ListConversationsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"h\n\x19ListConversationsResponse\x12\x32\n\rconversations\x18\x01 \x03(\x0b\x32\x1b.genservice.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x0cReplyStarted\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\"*\n\nReplyDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"8\n\rReplyFinished\x12\'\n\x07message\x18\x01 \x01(\x0b\x32\x16.genservice.v1.Message\"\xa3\x01\n\nReplyEvent\x12.\n\x07started\x18\x01 \x01(\x0b\x32\x1b.genservice.v1.ReplyStartedH\x00\x12*\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x19.genservice.v1.ReplyDeltaH\x00\x12\x30\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x1c.genservice.v1.ReplyFinishedH\x00\x42\x07\n\x05\x65vent*?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02*\xa2\x01\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18MESSAGE_STATUS_STREAMING\x10\x01\x12\x1b\n\x17MESSAGE_STATUS_COMPLETE\x10\x02\x12\x18\n\x14MESSAGE_STATUS_ERROR\x10\x03\x12\x1c\n\x18MESSAGE_STATUS_CANCELLED\x10\x04\x32\x82\x04\n\x11GenerationService\x12M\n\x0bStreamReply\x12!.genservice.v1.StreamReplyRequest\x1a\x19.genservice.v1.ReplyEvent0\x01\x12K\n\nWatchReply\x12 .genservice.v1.WatchReplyRequest\x1a\x19.genservice.v1.ReplyEvent0\x01\x12\x46\n\nGetMessage\x12 .genservice.v1.GetMessageRequest\x1a\x16.genservice.v1.Message\x12W\n\x0cListMessages\x12\".genservice.v1.ListMessagesRequest\x1a#.genservice.v1.ListMessagesResponse\x12\x66\n\x11ListConversations\x12\'.genservice.v1.ListConversationsRequest\x1a(.genservice.v1.ListConversationsResponse\x12H\n\x0b\x43\x61ncelReply\x12!.genservice.v1.CancelReplyRequest\x1a\x16.genservice.v1.Messageb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1egenservice/v1/genservice.proto\x12\rgenservice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\"\xca\x02\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12!\n\x04role\x18\x03 \x01(\x0e\x32\x13.genservice.v1.Role\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12,\n\x06status\x18\x05 \x01(\x0e\x32\x1c.genservice.v1.MessageStatus\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x15\n\rfinish_reason\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x05usage\x18\x0b \x01(\x0b\x32\x14.genservice.v1.Usage\"\x89\x01\n\x0c\x43onversation\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc5\x01\n\x12StreamReplyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x11\n\tinterrupt\x18\x06 \x01(\x08\x12\x0f\n\x07\x63hat_id\x18\x07 \x01(\t\x12\x19\n\x11\x63lient_message_id\x18\x08 \x01(\t\x12\x12\n\nregenerate\x18\t \x01(\x08\"H\n\x11WatchReplyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"8\n\x11GetMessageRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"9\n\x12\x43\x61ncelReplyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"?\n\x13ListMessagesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\"@\n\x14ListMessagesResponse\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.genservice.v1.Message\"R\n\x18ListConversationsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"h\n\x19ListConversationsResponse\x12\x32\n\rconversations\x18\x01 \x03(\x0b\x32\x1b.genservice.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x0cReplyStarted\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\"*\n\nReplyDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"8\n\rReplyFinished\x12\'\n\x07message\x18\x01 \x01(\x0b\x32\x16.genservice.v1.Message\"\xa3\x01\n\nReplyEvent\x12.\n\x07started\x18\x01 \x01(\x0b\x32\x1b.genservice.v1.ReplyStartedH\x00\x12*\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x19.genservice.v1.ReplyDeltaH\x00\x12\x30\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x1c.genservice.v1.ReplyFinishedH\x00\x42\x07\n\x05\x65vent*?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02*\xa2\x01\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18MESSAGE_STATUS_STREAMING\x10\x01\x12\x1b\n\x17MESSAGE_STATUS_COMPLETE\x10\x02\x12\x18\n\x14MESSAGE_STATUS_ERROR\x10\x03\x12\x1c\n\x18MESSAGE_STATUS_CANCELLED\x10\x04\x32\x82\x04\n\x11GenerationService\x12M\n\x0bStreamReply\x12!.genservice.v1.StreamReplyRequest\x1a\x19.genservice.v1.ReplyEvent0\x01\x12K\n\nWatchReply\x12 .genservice.v1.WatchReplyRequest\x1a\x19.genservice.v1.ReplyEvent0\x01\x12\x46\n\nGetMessage\x12 .genservice.v1.GetMessageRequest\x1a\x16.genservice.v1.Message\x12W\n\x0cListMessages\x12\".genservice.v1.ListMessagesRequest\x1a#.genservice.v1.ListMessagesResponse\x12\x66\n\x11ListConversations\x12\'.genservice.v1.ListConversationsRequest\x1a(.genservice.v1.ListConversationsResponse\x12H\n\x0b\x43\x61ncelReply\x12!.genservice.v1.CancelReplyRequest\x1a\x16.genservice.v1.Messageb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'genservice.v1.genservice_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1613
-  _globals['_ROLE']._serialized_end=1676
-  _globals['_MESSAGESTATUS']._serialized_start=1679
-  _globals['_MESSAGESTATUS']._serialized_end=1841
+  _globals['_ROLE']._serialized_start=1677
+  _globals['_ROLE']._serialized_end=1740
+  _globals['_MESSAGESTATUS']._serialized_start=1743
+  _globals['_MESSAGESTATUS']._serialized_end=1905
   _globals['_USAGE']._serialized_start=82
   _globals['_USAGE']._serialized_end=161
   _globals['_MESSAGE']._serialized_start=164
@@ -43,29 +43,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONVERSATION']._serialized_start=497
   _globals['_CONVERSATION']._serialized_end=634
   _globals['_STREAMREPLYREQUEST']._serialized_start=637
-  _globals['_STREAMREPLYREQUEST']._serialized_end=770
-  _globals['_WATCHREPLYREQUEST']._serialized_start=772
-  _globals['_WATCHREPLYREQUEST']._serialized_end=844
-  _globals['_GETMESSAGEREQUEST']._serialized_start=846
-  _globals['_GETMESSAGEREQUEST']._serialized_end=902
-  _globals['_CANCELREPLYREQUEST']._serialized_start=904
-  _globals['_CANCELREPLYREQUEST']._serialized_end=961
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=963
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=1026
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1028
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1092
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=1094
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=1176
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=1178
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=1282
-  _globals['_REPLYSTARTED']._serialized_start=1284
-  _globals['_REPLYSTARTED']._serialized_end=1343
-  _globals['_REPLYDELTA']._serialized_start=1345
-  _globals['_REPLYDELTA']._serialized_end=1387
-  _globals['_REPLYFINISHED']._serialized_start=1389
-  _globals['_REPLYFINISHED']._serialized_end=1445
-  _globals['_REPLYEVENT']._serialized_start=1448
-  _globals['_REPLYEVENT']._serialized_end=1611
-  _globals['_GENERATIONSERVICE']._serialized_start=1844
-  _globals['_GENERATIONSERVICE']._serialized_end=2358
+  _globals['_STREAMREPLYREQUEST']._serialized_end=834
+  _globals['_WATCHREPLYREQUEST']._serialized_start=836
+  _globals['_WATCHREPLYREQUEST']._serialized_end=908
+  _globals['_GETMESSAGEREQUEST']._serialized_start=910
+  _globals['_GETMESSAGEREQUEST']._serialized_end=966
+  _globals['_CANCELREPLYREQUEST']._serialized_start=968
+  _globals['_CANCELREPLYREQUEST']._serialized_end=1025
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=1027
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=1090
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1092
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1156
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=1158
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=1240
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=1242
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=1346
+  _globals['_REPLYSTARTED']._serialized_start=1348
+  _globals['_REPLYSTARTED']._serialized_end=1407
+  _globals['_REPLYDELTA']._serialized_start=1409
+  _globals['_REPLYDELTA']._serialized_end=1451
+  _globals['_REPLYFINISHED']._serialized_start=1453
+  _globals['_REPLYFINISHED']._serialized_end=1509
+  _globals['_REPLYEVENT']._serialized_start=1512
+  _globals['_REPLYEVENT']._serialized_end=1675
+  _globals['_GENERATIONSERVICE']._serialized_start=1908
+  _globals['_GENERATIONSERVICE']._serialized_end=2422
 # @@protoc_insertion_point(module_scope)

@@ -177,6 +177,9 @@ class StreamReplyRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     INTERRUPT_FIELD_NUMBER: _builtins.int
+    CHAT_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    REGENERATE_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     conversation_id: _builtins.str
     """Empty: start a new conversation."""
@@ -191,6 +194,16 @@ class StreamReplyRequest(_message.Message):
     """When a reply is still streaming in the conversation: false refuses with
     FAILED_PRECONDITION; true cancels it (CANCELLED, text kept) and goes on.
     """
+    chat_id: _builtins.str
+    """A client's own chat id (at most 200 characters), instead of conversation_id: each user's chat
+    id maps to one conversation, created by the first request that names it.
+    """
+    client_message_id: _builtins.str
+    """The client's id of the user message (at most 200 characters), kept on the saved message."""
+    regenerate: _builtins.bool
+    """A new reply to the conversation's last user message: content is not saved (it may be empty),
+    and the earlier replies to that message are superseded (no longer listed in a chat).
+    """
     def __init__(
         self,
         *,
@@ -200,10 +213,13 @@ class StreamReplyRequest(_message.Message):
         model: _builtins.str = ...,
         request_id: _builtins.str = ...,
         interrupt: _builtins.bool = ...,
+        chat_id: _builtins.str = ...,
+        client_message_id: _builtins.str = ...,
+        regenerate: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "conversation_id", b"conversation_id", "interrupt", b"interrupt", "model", b"model", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_id", b"chat_id", "client_message_id", b"client_message_id", "content", b"content", "conversation_id", b"conversation_id", "interrupt", b"interrupt", "model", b"model", "regenerate", b"regenerate", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -11,7 +11,9 @@
 // abortAfterDeltas (abort-resume/stop: text-deltas to wait for, default 1),
 // resumeDelayMs (abort-resume: pause between loading messages and resuming),
 // userMessageId (retry-post, default "u1"), secondPostDelayMs (retry-post,
-// default 0), stopGateway (stop: base URL for POST .../stop, default gateway).
+// default 0), stopGateway (stop: base URL for POST .../stop, default gateway),
+// moreTexts (send: texts sent after `text`, one by one), lastMessageOnly (send: post only
+// the last message, via prepareSendMessagesRequest). A POST's record has postedMessages.
 //
 // Prints exactly one JSON line on stdout describing what the client saw and
 // exits 0, also when the gateway misbehaves or the scenario times out
@@ -175,6 +177,7 @@ function recordingStream(record, body) {
 function makeFetch({ killSwitch } = {}) {
   return async (url, init = {}) => {
     const record = recordStart(init.method ?? 'GET', String(url));
+    if (typeof init.body === 'string') record.postedMessages = JSON.parse(init.body).messages?.length ?? null;
     const signals = [init.signal, killSwitch?.signal].filter(Boolean);
     const signal = signals.length > 1 ? AbortSignal.any(signals) : signals[0];
     let response;
@@ -196,7 +199,13 @@ function makeFetch({ killSwitch } = {}) {
 
 // ------------------------------------------------------------------- helpers
 
-function makeChat({ base, chatId, messages = [], headers, killSwitch }) {
+// lastMessageOnly: post only the last message, as the README suggests for long chats
+function makeChat({ base, chatId, messages = [], headers, killSwitch, lastMessageOnly = false }) {
+  const prepareSendMessagesRequest = lastMessageOnly
+    ? ({ id, messages: all, trigger, messageId }) => ({
+        body: { id, messages: all.slice(-1), trigger, messageId },
+      })
+    : undefined;
   return new HeadlessChat({
     id: chatId,
     messages,
@@ -204,6 +213,7 @@ function makeChat({ base, chatId, messages = [], headers, killSwitch }) {
       api: `${base.replace(/\/+$/, '')}/v1/chat`,
       headers,
       fetch: makeFetch({ killSwitch }),
+      prepareSendMessagesRequest,
     }),
   });
 }
@@ -286,9 +296,14 @@ async function readPlainStream(record, response) {
 // ----------------------------------------------------------------- scenarios
 
 async function scenarioSend(args) {
-  const chat = makeChat({ base: args.gateway, chatId: args.chatId, headers: args.headers });
+  const chat = makeChat({
+    base: args.gateway,
+    chatId: args.chatId,
+    headers: args.headers,
+    lastMessageOnly: args.lastMessageOnly,
+  });
   snapshotOnTimeout = () => describeChat(chat);
-  await chat.sendMessage({ text: args.text });
+  for (const text of [args.text, ...(args.moreTexts ?? [])]) await chat.sendMessage({ text });
   return describeChat(chat);
 }
 

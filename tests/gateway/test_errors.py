@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from typing import Any
@@ -115,9 +116,12 @@ async def test_unknown_routes_and_methods_answer_json(client: httpx2.AsyncClient
 async def test_the_page_and_its_files(client: httpx2.AsyncClient) -> None:
     page = await client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "/static/app.js" in page.text
-    script = await client.get("/static/app.js")
-    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    scripts = re.findall(r'<script src="([^"]+)"', page.text)
+    assert scripts == ["/static/vendor/marked.umd.js", "/static/vendor/purify.min.js", "/static/app.js"]
+    for path in scripts:
+        script = await client.get(path)
+        assert script.status_code == 200 and "javascript" in script.headers["content-type"], path
     style = await client.get("/static/style.css")
     assert style.status_code == 200 and style.headers["content-type"].startswith("text/css")
     assert (await client.get("/static/missing.js")).status_code == 404

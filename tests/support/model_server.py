@@ -13,6 +13,7 @@ The last user message may hold one directive in double brackets, e.g. `hi [[len=
     stall=S         length of that pause (default 0)
     finish=REASON   finish_reason of the last chunk (default stop)
     nul_at=N        the character at N is a NUL, which Postgres text cannot hold
+    say=TEXT        reply with TEXT, percent-encoded (urllib.parse.quote(text, safe="")), instead of made-up words
 
 The reply text is `expected_reply(content)`: it depends only on the message, so tests can check saved text exactly.
 A bad directive is answered with HTTP 400 (openai raises BadRequestError).
@@ -28,6 +29,7 @@ import re
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -60,6 +62,7 @@ class Directive:
     stall: float = 0.0
     finish: str = "stop"
     nul_at: int | None = None
+    say: str | None = None
 
 
 def _count(value: str) -> int:
@@ -104,6 +107,7 @@ def parse_directive(content: str) -> Directive:
         "stall": ("stall", _seconds),
         "finish": ("finish", str),
         "nul_at": ("nul_at", _count),
+        "say": ("say", urllib.parse.unquote),
     }
     values: dict[str, Any] = {"text": match.group(1).strip()}
     for item in match.group(1).split():
@@ -131,7 +135,7 @@ def expected_reply(content: str) -> str:
         word = rng.choice(_VOCABULARY) + ("\n" if rng.random() < 0.08 else " ")
         parts.append(word)
         size += len(word)
-    text = "".join(parts)[: directive.length]
+    text = "".join(parts)[: directive.length] if directive.say is None else directive.say
     if directive.nul_at is not None and directive.nul_at < len(text):
         text = text[: directive.nul_at] + "\x00" + text[directive.nul_at + 1 :]
     return text
