@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -24,29 +26,36 @@ CONNECT_TIMEOUT_SECONDS = 3
 class Pool(AsyncConnectionPool[AsyncConnection[DictRow]]):
     """A pool whose waits end by the waiting request's own deadline while the database answers.
 
-    When every connection is lent out, a wait past the pool's timeout is a queue, not an outage: it
-    goes on, and the request that waits (its gRPC deadline, the gateway's first-event timeout)
-    bounds it. A pool that cannot open or keep its connections fails the wait, as before.
+    While every connection is lent out, or connections came and went within the pool's timeout, a
+    wait past that timeout is a queue, not an outage: it goes on, and the request that waits (its
+    gRPC deadline, the gateway's first-event timeout) bounds it. A pool that cannot open or keep
+    its connections fails the wait, as before.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # connections handed out and not yet returned
+        # connections handed out and not yet returned, and when one last was handed out or returned
         self._lent = 0
+        self._moved_at = -math.inf
+
+    def _busy(self) -> bool:
+        return self._lent >= self.max_size or time.monotonic() - self._moved_at < self.timeout
 
     async def getconn(self, timeout: float | None = None) -> AsyncConnection[DictRow]:
         while True:
             try:
                 conn = await super().getconn(timeout)
             except psycopg_pool.PoolTimeout:
-                if self._lent < self.max_size:
+                if not self._busy():
                     raise
             else:
                 self._lent += 1
+                self._moved_at = time.monotonic()
                 return conn
 
     async def putconn(self, conn: AsyncConnection[DictRow]) -> None:
         self._lent -= 1
+        self._moved_at = time.monotonic()
         await super().putconn(conn)
 
 
