@@ -152,6 +152,7 @@ async def running_gateway(config: GatewayConfig, *, handle_signals: bool = False
         uvicorn.Config(
             gateway.app,
             lifespan="on",
+            http="httptools",
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=math.ceil(config.shutdown_grace_seconds + FLUSH_SECONDS),
