@@ -35,6 +35,8 @@ class GenServiceConfig:
     model_max_retries: int = 2
     max_reply_chars: int = 2_000_000
     max_content_chars: int = 32_000
+    # Postgres connections at most; starts, ends and saves queue for them under a burst
+    pool_size: int = 20
 
     @property
     def sweep_interval(self) -> float:
@@ -60,5 +62,6 @@ class GenServiceConfig:
             model_max_retries=env_int(env, "MODEL_MAX_RETRIES", cls.model_max_retries, minimum=0),
             max_reply_chars=env_int(env, "MAX_REPLY_CHARS", cls.max_reply_chars),
             max_content_chars=env_int(env, "MAX_CONTENT_CHARS", cls.max_content_chars),
+            pool_size=env_int(env, "GENSERVICE_POOL_SIZE", cls.pool_size),
         )
         return config

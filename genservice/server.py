@@ -50,6 +50,7 @@ ENVIRONMENT_HELP = """environment:
   MODEL_MAX_RETRIES            retries before the first token (2)
   MAX_REPLY_CHARS              longest reply kept (2000000)
   MAX_CONTENT_CHARS            longest user message accepted (32000)
+  GENSERVICE_POOL_SIZE         Postgres connections at most (20)
 
 The first SIGTERM/SIGINT drains (NOT_SERVING, new replies refused, running ones finish or end ERROR);
 a second exits at once."""
@@ -66,7 +67,7 @@ async def running_service(config: GenServiceConfig) -> AsyncIterator[RunningServ
     owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     with postgres_url(config.database_url) as url:
         async with AsyncExitStack() as stack:
-            pool = await stack.enter_async_context(open_pool(url, "genservice"))
+            pool = await stack.enter_async_context(open_pool(url, "genservice", config.pool_size))
             await migrate(pool)
             hub = await stack.enter_async_context(ListenerHub(url, "genservice-listener"))
             client = make_client(
