@@ -78,7 +78,7 @@ class _Delta:
     pieces: list[str]
 
 
-class _Outbox:
+class Outbox:
     """What the upstream sent and the client has not been written yet; contiguous deltas merge."""
 
     def __init__(self, ping_seconds: float, frames: Frames) -> None:
@@ -159,7 +159,7 @@ class _Outbox:
         self._ping_timer.cancel()
 
 
-async def _pull(events: AsyncIterator[pb.ReplyEvent], outbox: _Outbox) -> None:
+async def _pull(events: AsyncIterator[pb.ReplyEvent], outbox: Outbox) -> None:
     """The stream's one reader: upstream events into the outbox, until `finished` or the upstream's end."""
     try:
         async for event in events:
@@ -179,7 +179,7 @@ class Relay:
         self._metrics = metrics
         self._draining = False
         self._closing = False
-        self._open: set[_Outbox] = set()
+        self._open: set[Outbox] = set()
 
     @property
     def draining(self) -> bool:
@@ -210,7 +210,7 @@ class Relay:
         message_id = first.started.message_id
         gauge = self._metrics.open_streams.labels(route=route)
         gauge.inc()
-        outbox = _Outbox(self._ping_seconds, frames)
+        outbox = Outbox(self._ping_seconds, frames)
         outbox.closing = self._closing
         self._open.add(outbox)
         reader: asyncio.Task[None] | None = None
