@@ -1,9 +1,10 @@
 """Benchmark (`make bench`): the gateway's memory when its clients stop reading, as ratios to a baseline.
 
-A client that stops reading must not make the gateway buffer the reply: each stream pulls its next
-event only when the last one was sent. Measured as the gateway process's resident memory with N
-streams of a long, fast reply whose clients (a) read everything and (b) read nothing, both against
-the idle gateway (the baseline), in the same run.
+A client that stops reading must not make the gateway buffer the reply: each stream holds at most
+a bounded outbox of text not yet sent (gateway/relay.py), then gRPC's flow control pushes back.
+Measured as the gateway process's resident memory with N streams of a long, fast reply whose
+clients (a) read everything and (b) read nothing, both against the idle gateway (the baseline), in
+the same run.
 """
 
 from __future__ import annotations

@@ -170,8 +170,8 @@ async def running_product(
             port = free_port()
             env = {**base, "GENSERVICE_ADDR": f"127.0.0.1:{port}"}
             product.genservices.append(_spawn(f"genservice-{index}", "genservice", env, log_dir, "127.0.0.1", port))
-        # GENSERVICE_TARGET may become a list of every genservice; for now each gateway reaches the first
-        target = product.genservices[0].addr
+        # every gateway spreads its calls over every genservice, as under `make run`
+        target = ",".join(genservice.addr for genservice in product.genservices)
         for side, gateways in (("a", product.gateways_a), ("b", product.gateways_b)):
             for index in range(gateways_per_side):
                 port = free_port()

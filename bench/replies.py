@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import resource
 import sys
 import time
@@ -49,6 +50,7 @@ from bench.workload import Address, Runner, Workload
 
 log = logging.getLogger("bench.replies")
 
+CORES = os.cpu_count() or 1
 DEFAULT_STREAMS = (1, 100, 200, 425, 850, 1000)
 QUICK_STREAMS = (1, 100)
 THRESHOLD_MS = 100.0
@@ -84,8 +86,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="1 and 100 streams only, no search (under 2 minutes)")
     parser.add_argument("--streams", type=_streams, help="stream counts, comma-separated (default 1,100,...,1000)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="output directory")
-    parser.add_argument("--genservices", type=int, default=1, help="genservice processes (default 1)")
-    parser.add_argument("--gateways-per-side", type=int, default=1, help="gateways on each side, A and B (default 1)")
+    # as many processes as `make run` starts: a genservice per core, and a gateway per core split over the two sides
+    parser.add_argument(
+        "--genservices", type=int, default=CORES, help=f"genservice processes (default: one per core, {CORES})"
+    )
+    parser.add_argument(
+        "--gateways-per-side",
+        type=int,
+        default=max(1, CORES // 2),
+        help=f"gateways on each side, A and B (default: half the cores, {max(1, CORES // 2)})",
+    )
     parser.add_argument("--tokens", type=int, default=500, help="tokens per stream (default 500)")
     parser.add_argument("--rate", type=float, default=50.0, help="tokens per second per stream (default 50)")
     parser.add_argument("--ramp", type=float, default=1.0, help="stream starts spread over this many seconds")

@@ -1,4 +1,4 @@
-"""The gateway's HTTP/1.1 protocol: uvicorn's h11 protocol with a header deadline and a connection limit.
+"""The gateway's HTTP/1.1 protocol: uvicorn's httptools protocol with a header deadline and a connection limit.
 
 uvicorn bounds only the idle time between requests; a client that opens a connection and sends its
 headers a byte at a time (slowloris) would hold the connection forever. Here the headers of each
@@ -13,8 +13,7 @@ import asyncio
 import json
 from typing import Any
 
-import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 FULL_RETRY_SECONDS = 1
 _FULL_BODY = json.dumps(
@@ -28,7 +27,7 @@ FULL_RESPONSE = (
 )
 
 
-class _GuardedProtocol(H11Protocol):
+class _GuardedProtocol(HttpToolsProtocol):
     header_timeout: float = 10.0
     max_connections: int = 2000
 
@@ -48,15 +47,16 @@ class _GuardedProtocol(H11Protocol):
         self._disarm()
         super().connection_lost(exc)
 
-    def handle_events(self) -> None:
-        super().handle_events()
-        if self.conn.their_state is not h11.IDLE:
-            # the request's headers are in: its body has a deadline of its own, in the app
-            self._disarm()
+    def on_headers_complete(self) -> None:
+        # the request's headers are in: its body has a deadline of its own, in the app
+        self._disarm()
+        super().on_headers_complete()
 
     def on_response_complete(self) -> None:
+        # a pipelined request waiting here already has its headers
+        waiting = bool(self.pipeline)
         super().on_response_complete()
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+        if not waiting and not self.transport.is_closing():
             self._arm()
 
     def _arm(self) -> None:
@@ -70,12 +70,12 @@ class _GuardedProtocol(H11Protocol):
 
     def _headers_late(self) -> None:
         self._header_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if not self.transport.is_closing():
             self.logger.debug("closing a connection whose request headers did not arrive in %.0fs", self.header_timeout)
             self.transport.close()
 
 
-def guarded_protocol(header_timeout: float, max_connections: int) -> type[H11Protocol]:
+def guarded_protocol(header_timeout: float, max_connections: int) -> type[HttpToolsProtocol]:
     """The protocol class for uvicorn's `http` setting, with this header deadline and connection limit."""
     settings = {"header_timeout": header_timeout, "max_connections": max_connections}
     return type("GuardedProtocol", (_GuardedProtocol,), settings)

@@ -1,8 +1,11 @@
-"""Relaying reply events to a browser as an SSE body: pings while idle, a clean end on shutdown.
+"""Relaying reply events to a browser as an SSE body: merged under load, pings while idle, a clean end on shutdown.
 
-The body pulls one event at a time, only when the server asks for the next chunk, so a client
-that stops reading holds at most one event here, never a growing queue. A failure after the
-stream has begun ends it cleanly: the client resumes from its last id.
+One task per stream reads the upstream events into an outbox; the body takes everything waiting
+there as one write, contiguous deltas merged into one. A client that reads slowly gets its backlog
+as one larger delta, so its latency stays bounded instead of growing with a queue. The outbox holds
+at most MAX_PENDING_CHARS: past that the reader stops reading, gRPC's flow control pushes back, and
+genservice merges the text meanwhile. A failure after the stream has begun ends it cleanly: the
+client resumes from its last id.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -23,11 +26,13 @@ from genservice.v1 import genservice_pb2 as pb
 log = logging.getLogger(__name__)
 
 
-async def _next(events: AsyncIterator[pb.ReplyEvent]) -> pb.ReplyEvent:
-    return await anext(events)
+# text an outbox takes before its reader waits for the client
+MAX_PENDING_CHARS = 16_384
+
+Frames = Callable[[pb.ReplyEvent], bytes | None]
 
 
-def _discard(task: asyncio.Task[pb.ReplyEvent]) -> None:
+def _discard(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.debug("a cancelled read ended with %r", task.exception())
 
@@ -67,13 +72,114 @@ class EventStreamResponse(StreamingResponse):
                 await self.body_iterator.aclose()
 
 
+@dataclass(slots=True)
+class _Delta:
+    offset: int
+    pieces: list[str]
+
+
+class Outbox:
+    """What the upstream sent and the client has not been written yet; contiguous deltas merge."""
+
+    def __init__(self, ping_seconds: float, frames: Frames) -> None:
+        self._frames = frames
+        self.wake = asyncio.Event()
+        self._room = asyncio.Event()
+        # in order: contiguous deltas merged, other events as they came
+        self._items: list[_Delta | pb.ReplyEvent] = []
+        self._end = 0
+        self._chars = 0
+        # "upstream_ended", or the failure that ended the upstream; None while it runs
+        self.ending: str | None = None
+        self.failure: Exception | None = None
+        self.closing = False
+        self.ping_due = False
+        self._ping_seconds = ping_seconds
+        self._loop = asyncio.get_running_loop()
+        self._written_at = self._loop.time()
+        self._ping_timer = self._loop.call_at(self._written_at + ping_seconds, self._check_idle)
+
+    def _check_idle(self) -> None:
+        now = self._loop.time()
+        if now - self._written_at >= self._ping_seconds:
+            self.ping_due = True
+            self.wake.set()
+            self._written_at = now
+        self._ping_timer = self._loop.call_at(self._written_at + self._ping_seconds, self._check_idle)
+
+    async def put(self, event: pb.ReplyEvent) -> None:
+        while self._chars >= MAX_PENDING_CHARS:
+            self._room.clear()
+            await self._room.wait()
+        if event.WhichOneof("event") == "delta":
+            delta = event.delta
+            last = self._items[-1] if self._items else None
+            if isinstance(last, _Delta) and self._end == delta.offset:
+                last.pieces.append(delta.text)
+            else:
+                self._items.append(_Delta(delta.offset, [delta.text]))
+            self._end = delta.offset + len(delta.text)
+            self._chars += len(delta.text)
+        else:
+            self._items.append(event)
+        self.wake.set()
+
+    def end(self, ending: str, failure: Exception | None = None) -> None:
+        self.ending, self.failure = ending, failure
+        self.wake.set()
+
+    def take(self) -> tuple[bytes, bool]:
+        """Every frame waiting, as one write, and whether it ends with `finished`."""
+        frames: list[bytes] = []
+        finished = False
+        for item in self._items:
+            frame = self._merged(item) if isinstance(item, _Delta) else self._frames(item)
+            if frame is not None:
+                frames.append(frame)
+            if isinstance(item, pb.ReplyEvent) and views.is_finished(item):
+                finished = True
+                break
+        self._items.clear()
+        self._chars = 0
+        self._room.set()
+        if self.ping_due:
+            self.ping_due = False
+            frames.append(sse.PING)
+        self._written_at = self._loop.time()
+        return b"".join(frames), finished
+
+    def _merged(self, delta: _Delta) -> bytes | None:
+        """A merged delta's frame: built directly for our SSE, else framed as one event by the stream's encoding."""
+        text = "".join(delta.pieces)
+        if self._frames is views.event_frame:
+            return views.delta_frame(delta.offset, text)
+        return self._frames(pb.ReplyEvent(delta=pb.ReplyDelta(offset=delta.offset, text=text)))
+
+    def close(self) -> None:
+        self._ping_timer.cancel()
+
+
+async def _pull(events: AsyncIterator[pb.ReplyEvent], outbox: Outbox) -> None:
+    """The stream's one reader: upstream events into the outbox, until `finished` or the upstream's end."""
+    try:
+        async for event in events:
+            await outbox.put(event)
+            if views.is_finished(event):
+                return
+        outbox.end("upstream_ended")
+    except Exception as exc:
+        outbox.end("upstream_failed", exc)
+    finally:
+        await close_events(events)
+
+
 class Relay:
     def __init__(self, ping_seconds: float, metrics: GatewayMetrics) -> None:
         self._ping_seconds = ping_seconds
         self._metrics = metrics
         self._draining = False
         self._closing = False
-        self._closed: asyncio.Future[None] | None = None
+        self._open: set[Outbox] = set()
 
     @property
     def draining(self) -> bool:
@@ -84,24 +190,18 @@ class Relay:
         self._draining = True
 
     def close_all(self) -> None:
-        """End every open stream cleanly after the event it is sending, and every later one at once."""
+        """End every open stream cleanly after what it is sending, and every later one at once."""
         self._draining = self._closing = True
-        if self._closed is not None and not self._closed.done():
-            self._closed.set_result(None)
-
-    def _closed_future(self) -> asyncio.Future[None]:
-        if self._closed is None:
-            self._closed = asyncio.get_running_loop().create_future()
-            if self._closing:
-                self._closed.set_result(None)
-        return self._closed
+        for outbox in self._open:
+            outbox.closing = True
+            outbox.wake.set()
 
     async def body(
         self,
         first: pb.ReplyEvent,
         events: AsyncIterator[pb.ReplyEvent],
         route: str,
-        frames: Callable[[pb.ReplyEvent], bytes | None] = views.event_frame,
+        frames: Frames = views.event_frame,
     ) -> AsyncIterator[bytes]:
         """`first` (already pulled, a `started`), then the rest of `events` up to `finished`, as `frames` encodes them.
 
@@ -110,7 +210,10 @@ class Relay:
         message_id = first.started.message_id
         gauge = self._metrics.open_streams.labels(route=route)
         gauge.inc()
-        pending: asyncio.Task[pb.ReplyEvent] | None = None
+        outbox = Outbox(self._ping_seconds, frames)
+        outbox.closing = self._closing
+        self._open.add(outbox)
+        reader: asyncio.Task[None] | None = None
         # what ended the stream; a body closed from outside (the client went away) keeps the first value
         ending, failure = "client_gone", None
         try:
@@ -118,43 +221,34 @@ class Relay:
             if views.is_finished(first):
                 ending = "finished"
                 return
-            closed = self._closed_future()
+            reader = asyncio.create_task(_pull(events, outbox), name=f"relay-{message_id}")
             while True:
-                if pending is None:
-                    pending = asyncio.create_task(_next(events))
-                waiters: set[asyncio.Future[Any]] = {pending, closed}
-                done, _ = await asyncio.wait(waiters, timeout=self._ping_seconds, return_when="FIRST_COMPLETED")
-                if pending in done:
-                    task, pending = pending, None
-                    try:
-                        event = task.result()
-                    except StopAsyncIteration:
-                        ending = "upstream_ended"
-                        return
-                    except Exception as exc:
-                        ending, failure = "upstream_failed", exc
-                        return
-                    frame = frames(event)
-                    if frame is not None:
-                        yield frame
-                    if views.is_finished(event):
-                        ending = "finished"
-                        return
-                elif closed in done:
+                await outbox.wake.wait()
+                outbox.wake.clear()
+                chunk, finished = outbox.take()
+                if chunk:
+                    yield chunk
+                if finished:
+                    ending = "finished"
+                    return
+                if outbox.ending is not None:
+                    ending, failure = outbox.ending, outbox.failure
+                    return
+                if outbox.closing:
                     ending = "shutdown"
                     return
-                else:
-                    yield sse.PING
         finally:
             gauge.dec()
+            outbox.close()
+            self._open.discard(outbox)
             self._record_end(route, message_id, ending, failure)
-            if pending is not None and not pending.done():
-                # the source ends itself when its pending read is cancelled; nothing here awaits it, since
-                # this may run inside a cancelled scope
-                pending.cancel()
-                pending.add_done_callback(_discard)
-            else:
+            if reader is None:
                 await close_events(events)
+            elif not reader.done():
+                # the source ends itself when its reader is cancelled; nothing here awaits it, since this may
+                # run inside a cancelled scope
+                reader.cancel()
+                reader.add_done_callback(_discard)
 
     def _record_end(self, route: str, message_id: str, ending: str, failure: Exception | None) -> None:
         if ending == "finished":

@@ -38,7 +38,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 ENVIRONMENT_HELP = """\
 environment:
   GATEWAY_ADDR                 host:port to listen on (127.0.0.1:8080)
-  GENSERVICE_TARGET            where genservice listens (127.0.0.1:50051)
+  GENSERVICE_TARGET            where genservice listens (127.0.0.1:50051); several host:port, comma-
+                               separated, spread the calls round-robin over them
   DATABASE_URL                 Postgres (unset: the embedded Postgres in .data/)
   GATEWAY_JWT_SECRET           HS256 secret; unset: development mode, one user `dev` (only blanks: refused)
   GATEWAY_JWT_ISSUER, GATEWAY_JWT_AUDIENCE   when set, a token's iss / aud must match
@@ -140,6 +141,8 @@ def bind(config: GatewayConfig) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # several gateway processes may share the address; the kernel spreads connections among them
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((config.host, config.port))
     except OSError:
         sock.close()

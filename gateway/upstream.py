@@ -1,4 +1,4 @@
-"""The gateway's one gRPC channel to genservice, and the calls it makes on it.
+"""The gateway's one gRPC channel to genservice (one or several processes), and the calls it makes on it.
 
 Unary calls carry a deadline; a reply stream has none (a reply may take minutes), so its first
 event is bounded by the caller instead. gRPC failures become ApiErrors here.
@@ -6,6 +6,7 @@ event is bounded by the caller instead. gRPC failures become ApiErrors here.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -15,6 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.errors import from_rpc_error
+from genservice.replies.settings import ConfigError
 from genservice.v1 import genservice_pb2 as pb
 from genservice.v1 import genservice_pb2_grpc as pb_grpc
 
@@ -22,7 +24,7 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # a genservice that comes back is found again within a couple of seconds
-CHANNEL_OPTIONS = [
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
@@ -109,14 +111,30 @@ def rpc_errors() -> Iterator[None]:
         raise from_rpc_error(err) from None
 
 
+def channel_target(target: str) -> tuple[str, list[tuple[str, int | str]]]:
+    """grpc's target and options for GENSERVICE_TARGET: one address, or several (IP:port, comma-separated)
+    that share the calls round-robin, one connection each."""
+    addresses = [part.strip() for part in target.split(",") if part.strip()]
+    if len(addresses) <= 1:
+        return target, CHANNEL_OPTIONS
+    for address in addresses:
+        try:
+            ipaddress.ip_address(address.rpartition(":")[0].strip("[]"))
+        except ValueError:
+            raise ConfigError(f"GENSERVICE_TARGET: several addresses must each be ip:port, got {address!r}") from None
+    scheme = "ipv6" if addresses[0].startswith("[") else "ipv4"
+    return f"{scheme}:{','.join(addresses)}", [*CHANNEL_OPTIONS, ("grpc.lb_policy_name", "round_robin")]
+
+
 @asynccontextmanager
 async def open_channel(target: str, tls_ca: str | None = None) -> AsyncIterator[grpc.aio.Channel]:
     """Plaintext, or TLS verified against the CA in the PEM file `tls_ca`."""
+    address, options = channel_target(target)
     if tls_ca is None:
-        channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        channel = grpc.aio.insecure_channel(address, options=options)
     else:
         credentials = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())
-        channel = grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+        channel = grpc.aio.secure_channel(address, credentials, options=options)
     try:
         yield channel
     finally:

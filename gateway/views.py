@@ -6,6 +6,7 @@ import json
 from datetime import UTC
 from typing import Any
 
+import msgspec
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway import sse
@@ -21,6 +22,14 @@ STATUS_NAMES = {
 ROLE_NAMES = {pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant"}
 
 JSONObject = dict[str, Any]
+
+
+class _DeltaView(msgspec.Struct):
+    text: str
+    offset: int
+
+
+_DELTA_ENCODER = msgspec.json.Encoder()
 
 
 def timestamp(stamp: Timestamp) -> str:
@@ -80,12 +89,16 @@ def event_frame(event: pb.ReplyEvent) -> bytes | None:
             _json({"message_id": started.message_id, "conversation_id": started.conversation_id}), event="started"
         )
     if kind == "delta":
-        delta = event.delta
-        end = delta.offset + len(delta.text)
-        return sse.encode(_json({"text": delta.text, "offset": delta.offset}), event="delta", id=str(end))
+        return delta_frame(event.delta.offset, event.delta.text)
     if kind == "finished":
         return sse.encode(_json({"message": message(event.finished.message)}), event="finished")
     return None
+
+
+def delta_frame(offset: int, text: str) -> bytes:
+    """A delta's frame, built directly: it is the one frame sent per token, and its JSON holds no line break."""
+    end = offset + len(text)
+    return b"id: %d\nevent: delta\ndata: %b\n\n" % (end, _DELTA_ENCODER.encode(_DeltaView(text, offset)))
 
 
 def is_finished(event: pb.ReplyEvent) -> bool:

@@ -37,8 +37,8 @@ class GenServiceConfig:
     openai_api_key: str | None = field(default=None, repr=False)
     openai_model: str = "demo"
     save_every_chars: int = 200
-    # a save waits at most this long for more text (slow models)
-    save_max_delay: float = 0.1
+    # a save waits at most this long for more text; it also bounds how late followers elsewhere are
+    save_max_delay: float = 0.05
     lease_seconds: float = 15.0
     shutdown_grace_seconds: float = 10.0
     model_idle_timeout: float = 60.0
@@ -54,6 +54,9 @@ class GenServiceConfig:
 
     def allows(self, model: str) -> bool:
         return "*" in self.allowed_models or model in (self.allowed_models or {self.openai_model})
+
+    # Postgres connections at most; starts, ends and saves queue for them under a burst
+    pool_size: int = 20
 
     @property
     def sweep_interval(self) -> float:
@@ -93,6 +96,7 @@ class GenServiceConfig:
             ),
             max_active_replies=env_int(env, "MAX_ACTIVE_REPLIES", cls.max_active_replies),
             allowed_models=env_models(env, "ALLOWED_MODELS"),
+            pool_size=env_int(env, "GENSERVICE_POOL_SIZE", cls.pool_size),
         )
         if (config.tls_cert is None) != (config.tls_key is None):
             raise ConfigError("GENSERVICE_TLS_CERT and GENSERVICE_TLS_KEY go together: set both, or neither")

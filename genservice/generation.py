@@ -2,20 +2,20 @@
 
 A caller's cancellation ends its subscription and nothing else. A stop is an event the runner waits
 on beside the model's stream; the first reason given wins.
+
+Followers share the reply's own list of pieces: each remembers how many it has sent, and when it
+wakes it takes everything after that as one delta. A follower that falls behind costs nothing while
+it is behind and gets its whole backlog at once; appending a piece never waits for anyone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from enum import Enum
 
 from genservice.replies.records import MessageRecord, Role
 from genservice.writes import StartedReply
-
-SUBSCRIBER_QUEUE_LIMIT = 512
 
 
 class StopReason(Enum):
@@ -27,17 +27,8 @@ class StopReason(Enum):
     SHUTDOWN = "shutdown"
 
 
-class FellBehind(Exception):
-    """A subscriber's queue overflowed; it goes on from Postgres."""
-
-
-@dataclass(eq=False)
-class _Subscriber:
-    # text, the final record, or None: "go on from Postgres"
-    queue: asyncio.Queue[str | MessageRecord | None] = field(
-        default_factory=lambda: asyncio.Queue(SUBSCRIBER_QUEUE_LIMIT)
-    )
-    behind: bool = False
+class Abandoned(Exception):
+    """The end is not known here (the message ended elsewhere): the follower goes on from Postgres."""
 
 
 class Generation:
@@ -49,7 +40,10 @@ class Generation:
         self._parts: list[str] = []
         self.length = 0
         self.final: MessageRecord | None = None
-        self._subscribers: set[_Subscriber] = set()
+        self._abandoned = False
+        # set and replaced on every change, while someone waits for one
+        self._changed = asyncio.Event()
+        self._waiting = 0
         self._stop = asyncio.Event()
         self.stop_reason: StopReason | None = None
 
@@ -71,60 +65,48 @@ class Generation:
     def append(self, text: str) -> None:
         self._parts.append(text)
         self.length += len(text)
-        self._publish(text)
+        self._publish()
 
     def end(self, record: MessageRecord) -> None:
         self.final = record
-        self._publish(record)
+        self._publish()
 
     def abandon(self) -> None:
         """The end is not known here (the message ended elsewhere): followers go on from Postgres."""
-        for subscriber in self._subscribers:
-            subscriber.behind = True
-            with contextlib.suppress(asyncio.QueueFull):
-                subscriber.queue.put_nowait(None)
+        self._abandoned = True
+        self._publish()
 
-    def _publish(self, item: str | MessageRecord) -> None:
-        for subscriber in self._subscribers:
-            if subscriber.behind:
-                continue
-            try:
-                subscriber.queue.put_nowait(item)
-            except asyncio.QueueFull:
-                # never slow the generation: this one reads from Postgres from now on
-                subscriber.behind = True
+    def _publish(self) -> None:
+        if self._waiting:
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
 
-    @contextlib.contextmanager
-    def _subscribed(self) -> Iterator[_Subscriber]:
-        subscriber = _Subscriber()
-        self._subscribers.add(subscriber)
+    async def _change(self) -> None:
+        self._waiting += 1
         try:
-            yield subscriber
+            await self._changed.wait()
         finally:
-            self._subscribers.discard(subscriber)
+            self._waiting -= 1
 
     async def follow(self, offset: int) -> AsyncIterator[tuple[int, str] | MessageRecord]:
-        """(offset, text) deltas after `offset` from memory, then live, then the final record.
+        """(offset, text) deltas after `offset`, each all the text there is, then the final record.
 
-        Raises FellBehind when this follower was too slow; what it got so far is exact.
+        Raises Abandoned when the end is not known here; what it yielded so far is exact.
         """
-        with self._subscribed() as subscriber:
-            sent = offset
-            backlog = self.text[offset:]
+        sent = offset
+        parts = len(self._parts)
+        backlog = self.text[offset:]
+        while True:
             if backlog:
                 yield sent, backlog
                 sent += len(backlog)
-            if self.final is not None:
+            elif self.final is not None:
                 yield self.final
                 return
-            while True:
-                if subscriber.behind and subscriber.queue.empty():
-                    raise FellBehind
-                item = await subscriber.queue.get()
-                if item is None:
-                    raise FellBehind
-                if isinstance(item, MessageRecord):
-                    yield item
-                    return
-                yield sent, item
-                sent += len(item)
+            elif self._abandoned:
+                raise Abandoned
+            else:
+                await self._change()
+            # whatever came while this follower waited or was busy with its last delta
+            backlog = "".join(self._parts[parts:])
+            parts = len(self._parts)

@@ -1,19 +1,29 @@
-"""Streaming a reply from any OpenAI-compatible endpoint, and what its failures mean to a user."""
+"""Streaming a reply from any OpenAI-compatible endpoint, and what its failures mean to a user.
+
+The openai client makes the request (auth, retries before the body, its error types); the body's
+Server-Sent Events are read here, as bytes, and each chunk is decoded by msgspec straight into the
+few fields we use. The client's own stream builds a typed object per chunk, which cost about 25
+times as much CPU per token as the rest of this path. Whatever the model sends ends in a clear
+ModelFailure or in the end of the stream: a line that is not JSON, or a chunk shaped unlike a chat
+completion chunk, ends the reply with every character before it kept.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx2
+import msgspec
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
 from genservice.replies.records import Role, Usage
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ModelPiece:
     """One chunk of the model's stream: some text, and at the end its finish reason and usage."""
 
@@ -24,6 +34,33 @@ class ModelPiece:
 
 class ModelFailure(Exception):
     """The model failed; the message is readable and holds no secret."""
+
+
+# the parts of a chat.completion.chunk that a reply uses; other fields are skipped unread
+class _Delta(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta = msgspec.field(default_factory=_Delta)
+    finish_reason: str | None = None
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_Choice] = msgspec.field(default_factory=list)
+    usage: _Usage | None = None
+    # an error object sent mid-stream, as OpenAI does; any shape
+    error: Any = None
+
+
+_DECODER = msgspec.json.Decoder(_Chunk)
+_DONE = b"[DONE]"
 
 
 def make_client(base_url: str, api_key: str | None, max_retries: int, idle_timeout: float) -> openai.AsyncOpenAI:
@@ -61,6 +98,89 @@ def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _error_message(error: Any) -> str:
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) and message else "an error occurred during streaming"
+
+
+def pieces_of(data: bytes) -> list[ModelPiece]:
+    """The pieces of one event's data. Raises ModelFailure for data that is not a chat completion chunk."""
+    try:
+        chunk = _DECODER.decode(data)
+    except msgspec.ValidationError as exc:
+        raise ModelFailure(f"the model sent a chunk unlike a chat completion chunk ({_short(str(exc))})") from None
+    except msgspec.DecodeError:
+        shown = _short(data.decode(errors="replace"), 60)
+        raise ModelFailure(f"the model sent data that is not JSON: {shown!r}") from None
+    if chunk.error:
+        raise ModelFailure(f"the model failed mid-reply: {_short(_error_message(chunk.error))}")
+    usage = None
+    if chunk.usage is not None:
+        usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens, chunk.usage.total_tokens)
+    pieces = [ModelPiece(choice.delta.content or "", choice.finish_reason) for choice in chunk.choices]
+    if usage is not None:
+        if pieces:
+            last = pieces[-1]
+            pieces[-1] = ModelPiece(last.text, last.finish_reason, usage)
+        else:
+            pieces.append(ModelPiece(usage=usage))
+    return pieces
+
+
+class EventData:
+    """The data of each Server-Sent Event in a byte stream, as the HTML standard reads it.
+
+    Only `data` fields matter here: comments (`: keep-alive`), `event`, `id` and `retry` are skipped.
+    Lines end in LF, CR or CRLF; a blank line ends an event; an event without data is no event.
+    (A line ending in a lone CR is read when the next byte comes.)
+    """
+
+    def __init__(self) -> None:
+        self._partial = b""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The data of every event that `chunk` completes."""
+        lines = (self._partial + chunk).splitlines(keepends=True)
+        # a line is whole at its LF; one that ends the chunk at a CR waits: an LF may follow
+        self._partial = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
+        events: list[bytes] = []
+        for line in lines:
+            line = line.rstrip(b"\r\n")
+            if not line:
+                if self._data:
+                    events.append(b"\n".join(self._data))
+                    self._data = []
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                self._data.append(value[1:] if value.startswith(b" ") else value)
+        return events
+
+
+class _IdleTimer:
+    """Fails the stream when nothing arrived for `seconds`, at the cost of one assignment per arrival."""
+
+    def __init__(self, scope: asyncio.Timeout, seconds: float) -> None:
+        self._scope = scope
+        self._seconds = seconds
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self._handle = self._loop.call_at(self._last + seconds, self._check)
+
+    def touch(self) -> None:
+        self._last = self._loop.time()
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if now - self._last >= self._seconds:
+            self._scope.reschedule(now)
+        else:
+            self._handle = self._loop.call_at(self._last + self._seconds, self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
 async def stream_reply(
     client: openai.AsyncOpenAI, model: str, history: Sequence[tuple[Role, str]], idle_timeout: float
 ) -> AsyncIterator[ModelPiece]:
@@ -69,29 +189,26 @@ async def stream_reply(
         {"role": "user", "content": content} if role is Role.USER else {"role": "assistant", "content": content}
         for role, content in history
     ]
+    request = client.chat.completions.with_streaming_response.create(
+        model=model, messages=messages, stream=True, stream_options={"include_usage": True}
+    )
     try:
-        stream = await client.chat.completions.create(
-            model=model, messages=messages, stream=True, stream_options={"include_usage": True}
-        )
-    except openai.OpenAIError as exc:
+        async with request as response:
+            events = EventData()
+            async with asyncio.timeout(None) as scope:
+                idle = _IdleTimer(scope, idle_timeout)
+                try:
+                    async for chunk in response.iter_bytes():
+                        idle.touch()
+                        for data in events.feed(chunk):
+                            if data == _DONE:
+                                return
+                            for piece in pieces_of(data):
+                                yield piece
+                finally:
+                    idle.cancel()
+    except (TimeoutError, httpx2.ReadTimeout):
+        # the client's own read timeout is the same length: whichever fires first, it is a stall
+        raise ModelFailure(f"the model stalled: nothing for {idle_timeout:g}s") from None
+    except (openai.OpenAIError, httpx2.HTTPError) as exc:
         raise ModelFailure(describe_failure(exc)) from exc
-    async with stream:
-        chunks = aiter(stream)
-        while True:
-            try:
-                async with asyncio.timeout(idle_timeout):
-                    chunk = await anext(chunks)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                raise ModelFailure(f"the model stalled: nothing for {idle_timeout:g}s") from None
-            except (openai.OpenAIError, httpx2.HTTPError) as exc:
-                raise ModelFailure(describe_failure(exc)) from exc
-            usage = None
-            if chunk.usage is not None:
-                usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens, chunk.usage.total_tokens)
-            for choice in chunk.choices:
-                yield ModelPiece(choice.delta.content or "", choice.finish_reason, usage)
-                usage = None
-            if usage is not None:
-                yield ModelPiece(usage=usage)

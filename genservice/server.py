@@ -61,13 +61,14 @@ ENVIRONMENT_HELP = """environment:
   OPENAI_API_KEY               its key (never logged)
   OPENAI_MODEL                 model when a request names none (demo)
   SAVE_EVERY_CHARS             a save at least every this many characters (200)
-  SAVE_MAX_DELAY_MS            and at most this long after new text (100)
+  SAVE_MAX_DELAY_MS            and at most this long after new text (50); 20 save commits a second at most
   LEASE_SECONDS                a generation's lease; a dead owner's message ends ERROR after about 4/3 of it (15)
   SHUTDOWN_GRACE_SECONDS       time running replies get to finish on SIGTERM (10)
   MODEL_IDLE_TIMEOUT_SECONDS   longest silence from the model (60)
   MODEL_MAX_RETRIES            retries before the first token (2)
   MAX_REPLY_CHARS              longest reply kept (2000000)
   MAX_CONTENT_CHARS            longest user message accepted (32000)
+  GENSERVICE_POOL_SIZE         Postgres connections at most (20)
 
 The first SIGTERM/SIGINT drains (NOT_SERVING, new replies refused, running ones finish or end ERROR);
 a second exits at once."""
@@ -95,7 +96,7 @@ async def running_service(config: GenServiceConfig) -> AsyncIterator[RunningServ
     with postgres_url(config.database_url) as url:
         async with AsyncExitStack() as stack:
             options = session_options(url, config.idle_in_transaction_timeout)
-            pool = await stack.enter_async_context(open_pool(url, "genservice", extra_kwargs=options))
+            pool = await stack.enter_async_context(open_pool(url, "genservice", config.pool_size, extra_kwargs=options))
             # saves, lease renewals and ends never wait behind request traffic: connections of their own
             writer = await stack.enter_async_context(
                 open_pool(url, "genservice-writer", WRITER_CONNECTIONS, extra_kwargs=options)

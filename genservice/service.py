@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from genservice import writes
 from genservice.config import GenServiceConfig
-from genservice.generation import FellBehind
+from genservice.generation import Abandoned
 from genservice.generations import Generations
 from genservice.replies import convert, paging, queries
 from genservice.replies.chats import chat_conversation_id
@@ -176,7 +176,11 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
         return await attempt()
 
     async def _relay(self, user_id: str, message: MessageRecord) -> AsyncIterator[pb.ReplyEvent]:
-        """From the generation in memory when it runs here, else (or once too slow) from Postgres."""
+        """From the generation in memory when it runs here, else (or once it ended elsewhere) from Postgres.
+
+        While this caller's stream is slow to take an event, the generation's text piles up and goes
+        as one delta: a backlog never becomes a queue of small messages.
+        """
         sent = 0
         generation = self._generations.get(message.id)
         if generation is not None:
@@ -188,8 +192,8 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
                     offset, text = item
                     yield pb.ReplyEvent(delta=pb.ReplyDelta(text=text, offset=offset))
                     sent = offset + len(text)
-            except FellBehind:
-                log.info("message %s: a caller fell behind at %d; it reads from Postgres now", message.id, sent)
+            except Abandoned:
+                log.info("message %s: ended elsewhere; its caller reads from Postgres at %d", message.id, sent)
         async for event in follow_message(self._pool, self._hub, user_id, message.id, sent, seen_unsaved=True):
             if not event.HasField("started"):
                 yield event

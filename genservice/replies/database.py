@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -20,7 +22,43 @@ log = logging.getLogger(__name__)
 EMBEDDED_DATA_DIR = Path(".data") / "postgres"
 CONNECT_TIMEOUT_SECONDS = 3
 
-Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
+
+class Pool(AsyncConnectionPool[AsyncConnection[DictRow]]):
+    """A pool whose waits end by the waiting request's own deadline while the database answers.
+
+    While every connection is lent out, or connections came and went within the pool's timeout, a
+    wait past that timeout is a queue, not an outage: it goes on, and the request that waits (its
+    gRPC deadline, the gateway's first-event timeout) bounds it. A pool that cannot open or keep
+    its connections fails the wait, as before.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # connections handed out and not yet returned, and when one last was handed out or returned
+        self._lent = 0
+        self._moved_at = -math.inf
+
+    def _busy(self) -> bool:
+        return self._lent >= self.max_size or time.monotonic() - self._moved_at < self.timeout
+
+    async def getconn(self, timeout: float | None = None) -> AsyncConnection[DictRow]:
+        while True:
+            try:
+                conn = await super().getconn(timeout)
+            except psycopg_pool.PoolTimeout:
+                if not self._busy():
+                    raise
+            else:
+                self._lent += 1
+                self._moved_at = time.monotonic()
+                return conn
+
+    async def putconn(self, conn: AsyncConnection[DictRow]) -> None:
+        self._lent -= 1
+        self._moved_at = time.monotonic()
+        await super().putconn(conn)
+
+
 # what a database that is down or restarting raises, or a session it ended for idling in a transaction (a process
 # that was paused); anything else is a bug, not an outage
 DATABASE_ERRORS = (psycopg.OperationalError, psycopg.errors.IdleInTransactionSessionTimeout, psycopg_pool.PoolTimeout)
@@ -64,7 +102,7 @@ async def open_pool(
     url: str, application_name: str, max_size: int = 10, extra_kwargs: Mapping[str, Any] | None = None
 ) -> AsyncIterator[Pool]:
     """`extra_kwargs`: more connection parameters (e.g. `options`) for every connection."""
-    pool: Pool = AsyncConnectionPool(
+    pool = Pool(
         url,
         min_size=1,
         max_size=max_size,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from genservice.replies import convert, queries
+from genservice.replies import convert, shared_reads
 from genservice.replies.database import Pool
 from genservice.replies.errors import InvalidArgument
 from genservice.replies.listener import ListenerHub
@@ -34,7 +34,7 @@ async def follow_message(
     if offset < 0:
         raise InvalidArgument(f"offset must be 0 or more, got {offset}")
     async with hub.subscribe(message_id) as subscription:
-        read = await queries.read_after(pool, user_id, message_id, offset)
+        read = await shared_reads.read_after(pool, user_id, message_id, offset)
         final = read.final
         if final is not None and offset > len(final.content) and not seen_unsaved:
             raise InvalidArgument(f"offset {offset} is past the end of message {message_id} ({len(final.content)})")
@@ -50,5 +50,5 @@ async def follow_message(
             notices = await subscription.wait(IDLE_SECONDS)
             text = ""
             if notices is None or says_more_than(notices, sent):
-                read = await queries.read_after(pool, user_id, message_id, sent)
+                read = await shared_reads.read_after(pool, user_id, message_id, sent)
                 text, final = read.text, read.final

@@ -142,8 +142,10 @@ async def test_an_unreachable_genservice_is_503_at_once(database_url: str) -> No
     async with started_gateway(config) as running, http_client(running) as client:
         for _ in range(2):  # the first call connects, the second finds the channel failing
             began = time.monotonic()
-            assert_error(await client.post("/v1/replies", json={"content": "hi"}), 503, "unavailable")
+            refused = await client.post("/v1/replies", json={"content": "hi"})
+            assert_error(refused, 503, "unavailable")
             assert time.monotonic() - began < 2.0
+            assert int(refused.headers["retry-after"]) > 0
         assert_error(await client.get(f"/v1/messages/{uuid.uuid4()}"), 503, "unavailable")
         health = await client.get("/healthz")
         assert health.status_code == 503

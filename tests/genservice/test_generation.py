@@ -1,0 +1,66 @@
+"""A generation's followers: a slow one gets its backlog as one delta, and every follower's text is exact."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from genservice.generation import Abandoned, Generation
+from genservice.replies.records import MessageRecord, Role, Status
+from genservice.writes import StartedReply
+
+
+def record(content: str, status: Status) -> MessageRecord:
+    now = datetime.now(UTC)
+    return MessageRecord("m", "c", Role.ASSISTANT, content, status, "", "demo", "", None, now, now)
+
+
+def generation() -> Generation:
+    return Generation(StartedReply("c", record("", Status.STREAMING), [(Role.USER, "hi")], created=True))
+
+
+async def test_a_follower_that_did_not_read_gets_its_whole_backlog_as_one_delta() -> None:
+    reply = generation()
+    follower = reply.follow(0)
+    reply.append("ab")
+    assert await anext(follower) == (0, "ab")
+    for piece in ("cd", "ef", "gh"):
+        reply.append(piece)
+    # three pieces while the follower was busy elsewhere: one delta
+    assert await anext(follower) == (2, "cdefgh")
+    reply.append("ij")
+    reply.end(record(reply.text, Status.COMPLETE))
+    assert await anext(follower) == (8, "ij")
+    final = await anext(follower)
+    assert isinstance(final, MessageRecord) and final.content == "abcdefghij"
+    with pytest.raises(StopAsyncIteration):
+        await anext(follower)
+
+
+async def test_a_waiting_follower_wakes_on_each_piece_and_a_late_one_starts_from_its_offset() -> None:
+    reply = generation()
+    reply.append("hello ")
+    early = reply.follow(0)
+    assert await anext(early) == (0, "hello ")
+    waiting = asyncio.ensure_future(anext(early))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    reply.append("world")
+    assert await waiting == (6, "world")
+    late = reply.follow(3)
+    assert await anext(late) == (3, "lo world")
+    reply.end(record(reply.text, Status.COMPLETE))
+    for follower in (early, late):
+        assert isinstance(await anext(follower), MessageRecord)
+
+
+async def test_a_follower_of_an_abandoned_generation_gets_the_text_it_had_then_goes_to_postgres() -> None:
+    reply = generation()
+    follower = reply.follow(0)
+    reply.append("kept")
+    reply.abandon()
+    assert await anext(follower) == (0, "kept")
+    with pytest.raises(Abandoned):
+        await anext(follower)
