@@ -8,6 +8,7 @@ stream (the bare client of the baseline).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 import math
@@ -38,7 +39,7 @@ def post_request(host: str, port: int, path: str, payload: dict[str, Any]) -> by
     return head.encode() + body
 
 
-class SseClient(asyncio.BufferedProtocol):
+class SseClient(asyncio.BufferedProtocol, abc.ABC):
     """Sends one request, reads the response head, de-chunks the body and hands each SSE event to on_event.
 
     A buffered protocol: the socket is read into one buffer of the reader's own (a plain protocol's reads
@@ -182,8 +183,9 @@ class SseClient(asyncio.BufferedProtocol):
 
     # hooks
 
+    @abc.abstractmethod
     def on_event(self, event: str, data: bytes, now: float) -> None:
-        raise NotImplementedError
+        """One SSE event (its name and raw data), received at `now`."""
 
     def on_body_end(self) -> None:
         self.close()
