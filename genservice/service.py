@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from genservice import writes
 from genservice.config import GenServiceConfig
-from genservice.generation import Abandoned
+from genservice.generation import Abandoned, Generation
 from genservice.generations import Generations
 from genservice.replies import convert, paging, queries
 from genservice.replies.chats import chat_conversation_id
@@ -18,7 +18,7 @@ from genservice.replies.errors import InvalidArgument
 from genservice.replies.follow import follow_message
 from genservice.replies.listener import ListenerHub
 from genservice.replies.records import MessageRecord, Status
-from genservice.replies.validation import bounded_text, parse_id, require_content, require_user
+from genservice.replies.validation import bounded_text, parse_id, parse_offset, require_content, require_user
 from genservice.rpc_errors import Context, rpc
 from genservice.v1 import genservice_pb2 as pb
 from genservice.v1 import genservice_pb2_grpc as pb_grpc
@@ -68,15 +68,25 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
         yield pb.ReplyEvent(
             started=pb.ReplyStarted(message_id=reply.assistant.id, conversation_id=reply.conversation_id)
         )
-        async for event in self._relay(user_id, reply.assistant):
+        message_id = reply.assistant.id
+        async for event in self._relay(user_id, message_id, self._generations.get(message_id), 0):
             yield event
 
     @rpc
     async def WatchReply(  # noqa: N802
         self, request: pb.WatchReplyRequest, context: Context
     ) -> AsyncIterator[pb.ReplyEvent]:
+        """From the generation in memory when it runs here (and is this user's), else from Postgres."""
         user_id = require_user(request.user_id)
-        async for event in follow_message(self._pool, self._hub, user_id, request.message_id, request.offset):
+        message_id = parse_id(request.message_id, "message_id")
+        offset = parse_offset(request.offset)
+        generation = self._generations.get(message_id)
+        if generation is None or generation.user_id != user_id or generation.final is not None:
+            async for event in follow_message(self._pool, self._hub, user_id, message_id, offset):
+                yield event
+            return
+        yield pb.ReplyEvent(started=pb.ReplyStarted(message_id=message_id, conversation_id=generation.conversation_id))
+        async for event in self._relay(user_id, message_id, generation, offset):
             yield event
 
     @rpc
@@ -175,17 +185,19 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
             await self._cancel(start.user_id, streaming)
         return await attempt()
 
-    async def _relay(self, user_id: str, message: MessageRecord) -> AsyncIterator[pb.ReplyEvent]:
-        """From the generation in memory when it runs here, else (or once it ended elsewhere) from Postgres.
+    async def _relay(
+        self, user_id: str, message_id: str, generation: Generation | None, offset: int
+    ) -> AsyncIterator[pb.ReplyEvent]:
+        """Deltas after `offset`, then `finished`: from `generation` in memory, else (or once it ended
+        elsewhere) from Postgres.
 
         While this caller's stream is slow to take an event, the generation's text piles up and goes
         as one delta: a backlog never becomes a queue of small messages.
         """
-        sent = 0
-        generation = self._generations.get(message.id)
+        sent = offset
         if generation is not None:
             try:
-                async for item in generation.follow(0):
+                async for item in generation.follow(offset):
                     if isinstance(item, MessageRecord):
                         yield pb.ReplyEvent(finished=pb.ReplyFinished(message=convert.message_to_pb(item)))
                         return
@@ -193,8 +205,8 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
                     yield pb.ReplyEvent(delta=pb.ReplyDelta(text=text, offset=offset))
                     sent = offset + len(text)
             except Abandoned:
-                log.info("message %s: ended elsewhere; its caller reads from Postgres at %d", message.id, sent)
-        async for event in follow_message(self._pool, self._hub, user_id, message.id, sent, seen_unsaved=True):
+                log.info("message %s: ended elsewhere; its caller reads from Postgres at %d", message_id, sent)
+        async for event in follow_message(self._pool, self._hub, user_id, message_id, sent, seen_unsaved=True):
             if not event.HasField("started"):
                 yield event
 

@@ -33,6 +33,7 @@ class StartedReply:
     history: list[tuple[Role, str]]
     # False: the request_id was seen before and this attaches to that reply
     created: bool
+    user_id: str
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ async def start_reply(
             (conversation_id, assistant.id),
         )
         history = [(Role(r["role"]), r["content"]) for r in await cursor.fetchall()]
-        return StartedReply(conversation_id, assistant, history, created=True)
+        return StartedReply(conversation_id, assistant, history, created=True, user_id=user_id)
 
 
 async def _lock_conversation(conn: AsyncConnection[DictRow], user_id: str, conversation_id: str) -> None:
@@ -223,7 +224,7 @@ async def _attached(conn: AsyncConnection[DictRow], user_id: str, request_id: st
     if row is None:
         return None
     existing = await message_of_user(conn, user_id, str(row["message_id"]))
-    return StartedReply(existing.conversation_id, existing, [], created=False)
+    return StartedReply(existing.conversation_id, existing, [], created=False, user_id=user_id)
 
 
 def _title(content: str) -> str:

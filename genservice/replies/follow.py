@@ -15,7 +15,7 @@ from genservice.replies.database import Pool
 from genservice.replies.errors import InvalidArgument
 from genservice.replies.listener import ListenerHub
 from genservice.replies.notices import says_more_than
-from genservice.replies.validation import parse_id
+from genservice.replies.validation import parse_id, parse_offset
 from genservice.v1 import genservice_pb2 as pb
 
 # a follower that heard nothing for this long reads Postgres anyway
@@ -31,8 +31,7 @@ async def follow_message(
     message is no mistake (its owner lost the lease before saving it): it gets `finished`, the truth.
     """
     message_id = parse_id(message_id, "message_id")
-    if offset < 0:
-        raise InvalidArgument(f"offset must be 0 or more, got {offset}")
+    offset = parse_offset(offset)
     async with hub.subscribe(message_id) as subscription:
         read = await shared_reads.read_after(pool, user_id, message_id, offset)
         final = read.final
