@@ -165,6 +165,7 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
                     model=start.model,
                     request_id=start.request_id,
                     owner=self._generations.owner,
+                    owner_addr=self._generations.owner_addr,
                     lease_seconds=self._config.lease_seconds,
                     chat=start.chat,
                     client_message_id=start.client_message_id,

@@ -192,6 +192,12 @@ async def listener_pids(pool: Pool, application_name: str) -> list[int]:
         return [row["pid"] for row in await cursor.fetchall()]
 
 
+async def forget_owner_address(pool: Pool, message_id: str) -> None:
+    """The message names no owner address any more: its followers go through Postgres LISTEN."""
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE messages SET owner_addr = NULL WHERE id = %s", (message_id,))
+
+
 def gateway_config(database_url: str, genservice_target: str, **changes: Any) -> GatewayConfig:
     config = GatewayConfig(
         addr="127.0.0.1:0",
