@@ -57,6 +57,6 @@ async def follow_reply(res: Resources, user_id: str, message_id: str, offset: in
             )
         finally:
             await close_events(events)
-    async for event in follow_message(res.pool, res.hub, user_id, message_id, sent, seen_unsaved=started):
+    async for event in follow_message(res.reads, res.hub, user_id, message_id, sent, seen_unsaved=started):
         if not (started and event.HasField("started")):
             yield event

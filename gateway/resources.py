@@ -21,6 +21,7 @@ from gateway.relay import Relay
 from gateway.upstream import Upstream, open_upstream
 from genservice.replies.database import Pool, open_pool, postgres_url
 from genservice.replies.listener import ListenerHub
+from genservice.replies.shared_reads import SharedReads
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ class Resources:
     config: GatewayConfig
     upstream: Upstream
     pool: Pool
+    # the pool's reads of a message's text, shared by the readers that wait for the same one
+    reads: SharedReads
     hub: ListenerHub
     auth: Authenticator
     metrics: GatewayMetrics
@@ -70,6 +73,7 @@ async def open_resources(config: GatewayConfig, metrics: GatewayMetrics, relay: 
             config=config,
             upstream=upstream,
             pool=pool,
+            reads=SharedReads(pool),
             hub=hub,
             auth=auth,
             metrics=metrics,

@@ -31,6 +31,7 @@ from genservice.replies.database import open_pool, postgres_url
 from genservice.replies.listener import ListenerHub
 from genservice.replies.migrations import migrate
 from genservice.replies.settings import ConfigError
+from genservice.replies.shared_reads import SharedReads
 from genservice.service import GenerationService
 from genservice.sweeper import sweep_forever
 from genservice.v1 import genservice_pb2 as pb
@@ -135,7 +136,9 @@ async def running_service(config: GenServiceConfig) -> AsyncIterator[RunningServ
                 )
             )
 
-            pb_grpc.add_GenerationServiceServicer_to_server(GenerationService(config, pool, hub, generations), server)
+            pb_grpc.add_GenerationServiceServicer_to_server(
+                GenerationService(config, SharedReads(pool), hub, generations), server
+            )
             health_servicer = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -13,11 +13,11 @@ from genservice.generation import Abandoned, Generation
 from genservice.generations import Generations
 from genservice.replies import convert, paging, queries
 from genservice.replies.chats import chat_conversation_id
-from genservice.replies.database import Pool
 from genservice.replies.errors import InvalidArgument
 from genservice.replies.follow import follow_message
 from genservice.replies.listener import ListenerHub
 from genservice.replies.records import MessageRecord, Status
+from genservice.replies.shared_reads import SharedReads
 from genservice.replies.validation import bounded_text, parse_id, parse_offset, require_content, require_user
 from genservice.rpc_errors import Context, rpc
 from genservice.v1 import genservice_pb2 as pb
@@ -47,9 +47,12 @@ CANCEL_WAIT_SECONDS = 3.0
 
 
 class GenerationService(pb_grpc.GenerationServiceServicer):
-    def __init__(self, config: GenServiceConfig, pool: Pool, hub: ListenerHub, generations: Generations) -> None:
+    def __init__(
+        self, config: GenServiceConfig, reads: SharedReads, hub: ListenerHub, generations: Generations
+    ) -> None:
         self._config = config
-        self._pool = pool
+        self._reads = reads
+        self._pool = reads.pool
         self._hub = hub
         self._generations = generations
 
@@ -82,7 +85,7 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
         offset = parse_offset(request.offset)
         generation = self._generations.get(message_id)
         if generation is None or generation.user_id != user_id or generation.final is not None:
-            async for event in follow_message(self._pool, self._hub, user_id, message_id, offset):
+            async for event in follow_message(self._reads, self._hub, user_id, message_id, offset):
                 yield event
             return
         yield pb.ReplyEvent(started=pb.ReplyStarted(message_id=message_id, conversation_id=generation.conversation_id))
@@ -207,7 +210,7 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
                     sent = offset + len(text)
             except Abandoned:
                 log.info("message %s: ended elsewhere; its caller reads from Postgres at %d", message_id, sent)
-        async for event in follow_message(self._pool, self._hub, user_id, message_id, sent, seen_unsaved=True):
+        async for event in follow_message(self._reads, self._hub, user_id, message_id, sent, seen_unsaved=True):
             if not event.HasField("started"):
                 yield event
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from genservice.replies import convert, shared_reads
-from genservice.replies.database import Pool
+from genservice.replies import convert
 from genservice.replies.errors import InvalidArgument
 from genservice.replies.listener import ListenerHub
 from genservice.replies.notices import says_more_than
+from genservice.replies.shared_reads import SharedReads
 from genservice.replies.validation import parse_id, parse_offset
 from genservice.v1 import genservice_pb2 as pb
 
@@ -23,7 +23,7 @@ IDLE_SECONDS = 2.0
 
 
 async def follow_message(
-    pool: Pool, hub: ListenerHub, user_id: str, message_id: str, offset: int, *, seen_unsaved: bool = False
+    reads: SharedReads, hub: ListenerHub, user_id: str, message_id: str, offset: int, *, seen_unsaved: bool = False
 ) -> AsyncIterator[pb.ReplyEvent]:
     """`started`, then deltas after `offset`, then `finished`. Bad input raises before `started`.
 
@@ -33,7 +33,7 @@ async def follow_message(
     message_id = parse_id(message_id, "message_id")
     offset = parse_offset(offset)
     async with hub.subscribe(message_id) as subscription:
-        read = await shared_reads.read_after(pool, user_id, message_id, offset)
+        read = await reads.read_after(user_id, message_id, offset)
         final = read.final
         if final is not None and offset > len(final.content) and not seen_unsaved:
             raise InvalidArgument(f"offset {offset} is past the end of message {message_id} ({len(final.content)})")
@@ -49,5 +49,5 @@ async def follow_message(
             notices = await subscription.wait(IDLE_SECONDS)
             text = ""
             if notices is None or says_more_than(notices, sent):
-                read = await shared_reads.read_after(pool, user_id, message_id, sent)
+                read = await reads.read_after(user_id, message_id, sent)
                 text, final = read.text, read.final
