@@ -104,6 +104,12 @@ async def read_all(response: httpx2.Response, seconds: float = 15) -> list[Event
         return [event async for event in stream_events(response)]
 
 
+async def read_rest(events: AsyncGenerator[Event, None], seconds: float = 15) -> list[Event]:
+    """What is left of an open stream, to its end."""
+    async with asyncio.timeout(seconds):
+        return [event async for event in events]
+
+
 def joined(events: list[Event], start: int | None = None) -> str:
     """The deltas' text, checking each starts where the previous ended and its id is the offset after it."""
     text = ""
