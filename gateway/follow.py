@@ -2,7 +2,8 @@
 
 A streaming message names the genservice that runs it. When that address is one of the configured
 genservices, its WatchReply gives the text as the model writes it, ahead of the saves. If the owner
-cannot be reached (gone, restarting), the follow goes through Postgres from the start; if it fails
+cannot be reached (gone, restarting) or is slow to start the stream (a busy process accepts new
+calls one at a time on its event loop), the follow goes through Postgres from the start; if it fails
 midway, Postgres continues from the last character sent. Offsets join the two with no gap and no
 repeat, and Postgres has the last word: the `finished` it gives is the truth.
 """
@@ -23,9 +24,6 @@ from genservice.v1 import genservice_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-# an owner that does not start its stream within this is passed over for Postgres
-OWNER_START_SECONDS = 2.0
-
 
 async def follow_reply(res: Resources, user_id: str, message_id: str, offset: int) -> AsyncIterator[pb.ReplyEvent]:
     """`started`, deltas after `offset`, `finished`, as follow_message gives them. Bad input raises before `started`."""
@@ -37,7 +35,7 @@ async def follow_reply(res: Resources, user_id: str, message_id: str, offset: in
         request = pb.WatchReplyRequest(user_id=user_id, message_id=message_id, offset=offset)
         events = res.upstream.watch_reply(owner, request)
         try:
-            async with asyncio.timeout(OWNER_START_SECONDS):
+            async with asyncio.timeout(res.config.owner_start_seconds):
                 first = await anext(events)
             started = True
             yield first
@@ -49,7 +47,7 @@ async def follow_reply(res: Resources, user_id: str, message_id: str, offset: in
                     sent = event.delta.offset + len(event.delta.text)
         except (ApiError, TimeoutError, StopAsyncIteration) as exc:
             log.info(
-                "message %s: its owner %s stopped answering (%r); following Postgres from %d",
+                "message %s: owner %s did not answer (%r); following Postgres from %d",
                 message_id,
                 owner,
                 exc,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -35,6 +35,8 @@ from tests.support.model_server import ModelServer
 from tests.support.processes import Process, genservice_process
 
 HELD_AT = 300
+# the session's genservice ends a dead or paused owner's message soon after its lease runs out
+SHORT_LEASE = {"LEASE_SECONDS": "1"}
 
 
 async def saved_text(pool: Pool, message_id: str) -> str:
@@ -48,12 +50,20 @@ async def saved_text(pool: Pool, message_id: str) -> str:
 
 @asynccontextmanager
 async def owner_and_gateway(
-    database_url: str, model_server: ModelServer, genservice_target: str, **env: str
+    database_url: str,
+    model_server: ModelServer,
+    genservice_target: str,
+    env: Mapping[str, str],
+    owner_start_seconds: float = 30.0,
 ) -> AsyncIterator[tuple[Process, RunningGateway]]:
-    """A genservice process of its own, and a gateway configured with it beside the session's genservice."""
+    """A genservice process of its own, and a gateway configured with it beside the session's genservice.
+
+    By default, however slow this machine, the owner is not passed over for being slow to start a stream."""
     process_env = {"DATABASE_URL": database_url, "OPENAI_BASE_URL": model_server.base_url, **env}
     async with genservice_process(process_env) as owner:
-        config = gateway_config(database_url, f"{genservice_target},{owner.addr}")
+        config = gateway_config(
+            database_url, f"{genservice_target},{owner.addr}", owner_start_seconds=owner_start_seconds
+        )
         async with started_gateway(config) as gateway:
             yield owner, gateway
 
@@ -75,7 +85,7 @@ async def test_a_follower_elsewhere_gets_the_text_before_any_save(
 ) -> None:
     # nothing is saved until the reply ends: what the follower gets can only come from the owner's memory
     never = {"SAVE_MAX_DELAY_MS": "600000", "SAVE_EVERY_CHARS": "10000000", "LEASE_SECONDS": "120"}
-    async with owner_and_gateway(database_url, model_server, genservice_target, **never) as (owner, gateway):
+    async with owner_and_gateway(database_url, model_server, genservice_target, never) as (owner, gateway):
         with model_server.gate() as gate:
             message = content("from memory", f"[[len=1500 {gate.at(HELD_AT)}]]")
             async with reply_on(owner, message) as (_, message_id), http_client(gateway) as client:
@@ -97,8 +107,7 @@ async def test_a_follower_elsewhere_gets_the_text_before_any_save(
 async def test_a_follower_whose_owner_dies_continues_from_postgres(
     database_url: str, pool: Pool, model_server: ModelServer, genservice_target: str
 ) -> None:
-    # a short lease: the session's genservice ends the dead owner's message soon after the kill
-    async with owner_and_gateway(database_url, model_server, genservice_target, LEASE_SECONDS="1") as (owner, gateway):
+    async with owner_and_gateway(database_url, model_server, genservice_target, SHORT_LEASE) as (owner, gateway):
         with model_server.gate() as gate:
             message = content("owner dies", f"[[len=1500 {gate.at(HELD_AT)}]]")
             async with reply_on(owner, message) as (_, message_id), http_client(gateway) as client:
@@ -119,6 +128,31 @@ async def test_a_follower_whose_owner_dies_continues_from_postgres(
     assert finished.event == "finished"
     assert finished.json()["message"]["status"] == "error"
     # every character once, and exactly what was saved
+    assert joined(got, start=0) == finished.json()["message"]["content"] == reply_text(message)[:HELD_AT]
+
+
+async def test_an_owner_that_does_not_answer_in_time_is_passed_over_for_postgres(
+    database_url: str, pool: Pool, model_server: ModelServer, genservice_target: str
+) -> None:
+    started = owner_and_gateway(database_url, model_server, genservice_target, SHORT_LEASE, 0.5)
+    async with started as (owner, gateway):
+        with model_server.gate() as gate:
+            message = content("owner paused", f"[[len=1500 {gate.at(HELD_AT)}]]")
+            async with reply_on(owner, message) as (_, message_id), http_client(gateway) as client:
+
+                async def all_saved() -> bool:
+                    return len(await saved_text(pool, message_id)) == HELD_AT
+
+                await until(all_saved)
+                # paused: it accepts the connection and never answers; its lease runs out meanwhile
+                owner.signal(signal.SIGSTOP)
+                async with client.stream("GET", f"/v1/messages/{message_id}/events") as response:
+                    events = stream_events(response)
+                    await read_started(events)
+                    got = await read_rest(events)
+    finished = got[-1]
+    assert finished.event == "finished"
+    assert finished.json()["message"]["status"] == "error"
     assert joined(got, start=0) == finished.json()["message"]["content"] == reply_text(message)[:HELD_AT]
 
 
