@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -83,9 +84,7 @@ class Upstream:
         async for event in self._events(stub.WatchReply(request, metadata=self._metadata)):
             yield event
 
-    async def _events(
-        self, call: grpc.aio.UnaryStreamCall[pb.StreamReplyRequest, pb.ReplyEvent]
-    ) -> AsyncIterator[pb.ReplyEvent]:
+    async def _events(self, call: grpc.aio.UnaryStreamCall[Any, pb.ReplyEvent]) -> AsyncIterator[pb.ReplyEvent]:
         try:
             async for event in call:
                 yield event

@@ -205,9 +205,9 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
                     if isinstance(item, MessageRecord):
                         yield pb.ReplyEvent(finished=pb.ReplyFinished(message=convert.message_to_pb(item)))
                         return
-                    offset, text = item
-                    yield pb.ReplyEvent(delta=pb.ReplyDelta(text=text, offset=offset))
-                    sent = offset + len(text)
+                    start, text = item
+                    yield pb.ReplyEvent(delta=pb.ReplyDelta(text=text, offset=start))
+                    sent = start + len(text)
             except Abandoned:
                 log.info("message %s: ended elsewhere; its caller reads from Postgres at %d", message_id, sent)
         async for event in follow_message(self._reads, self._hub, user_id, message_id, sent, seen_unsaved=True):
