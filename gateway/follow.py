@@ -34,27 +34,27 @@ async def follow_reply(res: Resources, user_id: str, message_id: str, offset: in
     if owner is not None and res.upstream.dials(owner):
         request = pb.WatchReplyRequest(user_id=user_id, message_id=message_id, offset=offset)
         events = res.upstream.watch_reply(owner, request)
+        # None: the owner's stream ended without `finished`
+        failure: Exception | None = None
         try:
             async with asyncio.timeout(res.config.owner_start_seconds):
                 first = await anext(events)
             started = True
             yield first
             async for event in events:
-                yield event
                 if event.HasField("finished"):
+                    res.metrics.owner_follows.labels(outcome="finished").inc()
+                    yield event
                     return
+                yield event
                 if event.HasField("delta"):
                     sent = event.delta.offset + len(event.delta.text)
         except (ApiError, TimeoutError, StopAsyncIteration) as exc:
-            log.info(
-                "message %s: owner %s did not answer (%r); following Postgres from %d",
-                message_id,
-                owner,
-                exc,
-                sent,
-            )
+            failure = exc
         finally:
             await close_events(events)
+        res.metrics.owner_follows.labels(outcome="failed_midway" if started else "not_started").inc()
+        log.info("message %s: owner %s stopped (%r); following Postgres from %d", message_id, owner, failure, sent)
     async for event in follow_message(res.reads, res.hub, user_id, message_id, sent, seen_unsaved=started):
         if not (started and event.HasField("started")):
             yield event

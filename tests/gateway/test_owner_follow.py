@@ -100,6 +100,7 @@ async def test_a_follower_elsewhere_gets_the_text_before_any_save(
                     assert await metric(client, "gateway_listener_subscriptions") == 0
                     gate.release()
                     got += await read_rest(events)
+                assert await metric(client, 'gateway_owner_follows_total{outcome="finished"}') == 1
     assert got[-1].event == "finished"
     assert joined(got, start=0) == reply_text(message) == got[-1].json()["message"]["content"]
 
@@ -124,6 +125,7 @@ async def test_a_follower_whose_owner_dies_continues_from_postgres(
                     owner.signal(signal.SIGKILL)
                     await owner.wait()
                     got += await read_rest(events)
+                assert await metric(client, 'gateway_owner_follows_total{outcome="failed_midway"}') == 1
     finished = got[-1]
     assert finished.event == "finished"
     assert finished.json()["message"]["status"] == "error"
@@ -150,6 +152,7 @@ async def test_an_owner_that_does_not_answer_in_time_is_passed_over_for_postgres
                     events = stream_events(response)
                     await read_started(events)
                     got = await read_rest(events)
+                assert await metric(client, 'gateway_owner_follows_total{outcome="not_started"}') == 1
     finished = got[-1]
     assert finished.event == "finished"
     assert finished.json()["message"]["status"] == "error"
