@@ -22,13 +22,13 @@ from starlette.routing import Route
 
 from gateway import ui_stream, views
 from gateway.errors import ApiError
+from gateway.follow import follow_reply
 from gateway.payloads import ChatRequest, chat_id_of, content_too_large, read_json
 from gateway.relay import EventStreamResponse, first_event
 from gateway.resources import Resources
 from gateway.resources import request_resources as resources
 from genservice.replies import queries
 from genservice.replies.chats import chat_conversation_id
-from genservice.replies.follow import follow_message
 from genservice.replies.records import LatestReply, Status
 from genservice.v1 import genservice_pb2 as pb
 
@@ -98,7 +98,7 @@ async def resume_chat(request: Request) -> Response:
     latest = await _latest_reply(res, user_id, _path_chat_id(request))
     if latest is None or (latest.status is not Status.STREAMING and latest.idle_seconds > RECENT_SECONDS):
         return Response(status_code=204)
-    events = follow_message(res.pool, res.hub, user_id, latest.id, 0)
+    events = follow_reply(res, user_id, latest.id, 0)
     first = await first_event(events, res.config.genservice_timeout_seconds)
     res.metrics.resumes.labels(from_start="true").inc()
     log.info("chat resume stream open for message %s", latest.id)

@@ -66,6 +66,8 @@ class GatewayConfig:
     shutdown_grace_seconds: float = 10.0
     # deadline of a unary call to genservice, and of a stream's first event
     genservice_timeout_seconds: float = 10.0
+    # a live reply's owner that does not start a follower's stream within this is passed over for Postgres
+    owner_start_seconds: float = 0.5
     # bound of each of the health checks (Postgres, genservice)
     health_timeout_seconds: float = 2.0
     pool_size: int = 10
@@ -112,6 +114,7 @@ class GatewayConfig:
             genservice_timeout_seconds=env_float(
                 env, "GENSERVICE_TIMEOUT_SECONDS", cls.genservice_timeout_seconds, minimum=0.1
             ),
+            owner_start_seconds=env_float(env, "OWNER_START_SECONDS", cls.owner_start_seconds, minimum=0.01),
             health_timeout_seconds=env_float(env, "HEALTH_TIMEOUT_SECONDS", cls.health_timeout_seconds, minimum=0.1),
             pool_size=env_int(env, "GATEWAY_POOL_SIZE", cls.pool_size),
             name=env_str(env, "GATEWAY_NAME", cls.name),

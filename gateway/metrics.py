@@ -30,6 +30,13 @@ class GatewayMetrics:
             registry=registry,
         )
         self.errors = Counter("gateway_errors", "Error responses, by code", ["code"], registry=registry)
+        self.owner_follows = Counter(
+            "gateway_owner_follows",
+            "Follows of a live reply tried on its owner, by outcome: finished there; not_started (unreachable or"
+            " slow to start) or failed_midway, both continued through Postgres",
+            ["outcome"],
+            registry=registry,
+        )
 
 
 class HubCollector(Collector):

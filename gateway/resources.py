@@ -1,6 +1,6 @@
 """What a running gateway holds, opened once at start in one place and closed in reverse.
 
-The gRPC channel to genservice, the Postgres pool, the process's one LISTEN connection (the
+The gRPC channels to genservice, the Postgres pool, the process's one LISTEN connection (the
 hub), and the small objects built on them. Handlers get them from the request's state.
 """
 
@@ -18,9 +18,10 @@ from gateway.auth import DEV_USER, Authenticator
 from gateway.config import MIN_SECRET_BYTES, GatewayConfig
 from gateway.metrics import GatewayMetrics, HubCollector
 from gateway.relay import Relay
-from gateway.upstream import Upstream, open_channel
+from gateway.upstream import Upstream, open_upstream
 from genservice.replies.database import Pool, open_pool, postgres_url
 from genservice.replies.listener import ListenerHub
+from genservice.replies.shared_reads import SharedReads
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ class Resources:
     config: GatewayConfig
     upstream: Upstream
     pool: Pool
+    # the pool's reads of a message's text, shared by the readers that wait for the same one
+    reads: SharedReads
     hub: ListenerHub
     auth: Authenticator
     metrics: GatewayMetrics
@@ -50,7 +53,14 @@ async def open_resources(config: GatewayConfig, metrics: GatewayMetrics, relay: 
         log.warning("GATEWAY_JWT_SECRET is shorter than %d bytes, too short for HS256", MIN_SECRET_BYTES)
     async with AsyncExitStack() as stack:
         url = stack.enter_context(postgres_url(config.database_url))
-        channel = await stack.enter_async_context(open_channel(config.genservice_target, config.genservice_tls_ca))
+        upstream = await stack.enter_async_context(
+            open_upstream(
+                config.genservice_target,
+                config.genservice_tls_ca,
+                config.genservice_timeout_seconds,
+                config.genservice_token,
+            )
+        )
         pool = await stack.enter_async_context(open_pool(url, config.name, config.pool_size))
         hub = await stack.enter_async_context(ListenerHub(url, config.listener_name))
         if not hub.connected:
@@ -61,8 +71,9 @@ async def open_resources(config: GatewayConfig, metrics: GatewayMetrics, relay: 
         log.info("gateway resources open: genservice at %s, pool %r", config.genservice_target, config.name)
         yield Resources(
             config=config,
-            upstream=Upstream(channel, config.genservice_timeout_seconds, config.genservice_token),
+            upstream=upstream,
             pool=pool,
+            reads=SharedReads(pool),
             hub=hub,
             auth=auth,
             metrics=metrics,

@@ -19,12 +19,12 @@ from starlette.staticfiles import StaticFiles
 
 from gateway import views
 from gateway.chat import chat_routes
+from gateway.follow import follow_reply
 from gateway.payloads import ReplyRequest, content_too_large, parse_page_size, read_json, resume_offset
 from gateway.relay import EventStreamResponse, first_event
 from gateway.resources import Resources
 from gateway.resources import request_resources as resources
 from genservice.replies import queries
-from genservice.replies.follow import follow_message
 from genservice.v1 import genservice_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ async def message_events(request: Request) -> Response:
     user_id = res.auth.user_id(request)
     message_id = request.path_params["message_id"]
     offset = resume_offset(request.headers.get("last-event-id"), request.query_params.get("offset"))
-    events = follow_message(res.pool, res.hub, user_id, message_id, offset)
+    events = follow_reply(res, user_id, message_id, offset)
     first = await first_event(events, res.config.genservice_timeout_seconds)
     res.metrics.resumes.labels(from_start="true" if offset == 0 else "false").inc()
     log.info("follow stream open for message %s from offset %d", message_id, offset)

@@ -1,16 +1,20 @@
-"""The gateway's one gRPC channel to genservice (one or several processes), and the calls it makes on it.
+"""The gateway's gRPC channels to genservice and the calls it makes on them.
 
-Unary calls carry a deadline; a reply stream has none (a reply may take minutes), so its first
-event is bounded by the caller instead. gRPC failures become ApiErrors here.
+One channel shares the calls over every configured genservice (round-robin); besides it, a reply's
+live text is watched on the process that runs it, through a channel of its own opened on first use,
+only ever to an address of GENSERVICE_TARGET: an address read from the database is never dialled
+unless it is configured. Unary calls carry a deadline; a reply stream has none (a reply may take
+minutes), so its first event is bounded by the caller instead. gRPC failures become ApiErrors here.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -44,15 +48,43 @@ def bearer_metadata(token: str) -> tuple[tuple[str, str]]:
 
 
 class Upstream:
-    def __init__(self, channel: grpc.aio.Channel, timeout: float, token: str | None) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        timeout: float,
+        token: str | None,
+        addresses: Sequence[str],
+        dial: Callable[[str], grpc.aio.Channel],
+    ) -> None:
         self._stub = pb_grpc.GenerationServiceStub(channel)
         self._health = health_pb2_grpc.HealthStub(channel)
         self._timeout = timeout
         self._metadata = bearer_metadata(token) if token is not None else ()
+        self._addresses = frozenset(addresses)
+        self._dial = dial
+        # one address alone is the round-robin channel's own
+        self._owners = {addresses[0]: self._stub} if len(addresses) == 1 else {}
+
+    def dials(self, address: str) -> bool:
+        """Whether `address` is a configured genservice, which may be asked for a reply's live text."""
+        return address in self._addresses
 
     async def stream_reply(self, request: pb.StreamReplyRequest) -> AsyncIterator[pb.ReplyEvent]:
         """The reply's events. Closing this iterator cancels the call only: the reply goes on in genservice."""
-        call = self._stub.StreamReply(request, metadata=self._metadata)
+        async for event in self._events(self._stub.StreamReply(request, metadata=self._metadata)):
+            yield event
+
+    async def watch_reply(self, address: str, request: pb.WatchReplyRequest) -> AsyncIterator[pb.ReplyEvent]:
+        """WatchReply on the genservice at `address`, which must be one that `dials`."""
+        if not self.dials(address):
+            raise ValueError(f"{address!r} is not a configured genservice")
+        stub = self._owners.get(address)
+        if stub is None:
+            stub = self._owners[address] = pb_grpc.GenerationServiceStub(self._dial(address))
+        async for event in self._events(stub.WatchReply(request, metadata=self._metadata)):
+            yield event
+
+    async def _events(self, call: grpc.aio.UnaryStreamCall[Any, pb.ReplyEvent]) -> AsyncIterator[pb.ReplyEvent]:
         try:
             async for event in call:
                 yield event
@@ -111,10 +143,15 @@ def rpc_errors() -> Iterator[None]:
         raise from_rpc_error(err) from None
 
 
+def target_addresses(target: str) -> list[str]:
+    """GENSERVICE_TARGET's addresses: one, or several comma-separated."""
+    return [part.strip() for part in target.split(",") if part.strip()]
+
+
 def channel_target(target: str) -> tuple[str, list[tuple[str, int | str]]]:
     """grpc's target and options for GENSERVICE_TARGET: one address, or several (IP:port, comma-separated)
     that share the calls round-robin, one connection each."""
-    addresses = [part.strip() for part in target.split(",") if part.strip()]
+    addresses = target_addresses(target)
     if len(addresses) <= 1:
         return target, CHANNEL_OPTIONS
     for address in addresses:
@@ -127,15 +164,22 @@ def channel_target(target: str) -> tuple[str, list[tuple[str, int | str]]]:
 
 
 @asynccontextmanager
-async def open_channel(target: str, tls_ca: str | None = None) -> AsyncIterator[grpc.aio.Channel]:
-    """Plaintext, or TLS verified against the CA in the PEM file `tls_ca`."""
-    address, options = channel_target(target)
-    if tls_ca is None:
-        channel = grpc.aio.insecure_channel(address, options=options)
-    else:
-        credentials = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())
-        channel = grpc.aio.secure_channel(address, credentials, options=options)
+async def open_upstream(target: str, tls_ca: str | None, timeout: float, token: str | None) -> AsyncIterator[Upstream]:
+    """The channels to genservice, plaintext or TLS verified against the CA in the PEM file `tls_ca`, and the
+    calls on them; every channel is closed at the end."""
+    credentials = None if tls_ca is None else grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())
+    channels: list[grpc.aio.Channel] = []
+
+    def dial(address: str, options: list[tuple[str, int | str]] = CHANNEL_OPTIONS) -> grpc.aio.Channel:
+        if credentials is None:
+            channel = grpc.aio.insecure_channel(address, options=options)
+        else:
+            channel = grpc.aio.secure_channel(address, credentials, options=options)
+        channels.append(channel)
+        return channel
+
     try:
-        yield channel
+        yield Upstream(dial(*channel_target(target)), timeout, token, target_addresses(target), dial)
     finally:
-        await channel.close(grace=None)
+        for channel in channels:
+            await channel.close(grace=None)

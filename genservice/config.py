@@ -26,6 +26,8 @@ DEFAULT_MAX_ACTIVE_REPLIES = 500
 @dataclass(frozen=True)
 class GenServiceConfig:
     addr: str = "127.0.0.1:50051"
+    # where gateways dial this process for a reply's live text, kept with each lease; None: the bound address
+    advertise_addr: str | None = None
     # None: every caller is trusted, allowed on a loopback address only
     token: str | None = field(default=None, repr=False)
     # PEM files: both set, genservice serves TLS; neither, plaintext
@@ -76,6 +78,7 @@ class GenServiceConfig:
             raise ConfigError(f"OPENAI_BASE_URL must be an http(s) URL, got {base_url!r}")
         config = cls(
             addr=env_addr(env, "GENSERVICE_ADDR", cls.addr),
+            advertise_addr=env_optional_addr(env, "GENSERVICE_ADVERTISE_ADDR"),
             database_url=env_database_url(env),
             openai_base_url=base_url,
             openai_api_key=env_optional(env, "OPENAI_API_KEY"),
@@ -109,6 +112,10 @@ class GenServiceConfig:
                 " or listen on a loopback address such as 127.0.0.1"
             )
         return config
+
+
+def env_optional_addr(env: Mapping[str, str], name: str) -> str | None:
+    return env_addr(env, name, "") if env_optional(env, name) is not None else None
 
 
 def env_models(env: Mapping[str, str], name: str) -> frozenset[str]:

@@ -34,6 +34,7 @@ class Abandoned(Exception):
 class Generation:
     def __init__(self, reply: StartedReply) -> None:
         self.message_id = reply.assistant.id
+        self.user_id = reply.user_id
         self.conversation_id = reply.conversation_id
         self.model = reply.assistant.model
         self.history: list[tuple[Role, str]] = reply.history
@@ -91,12 +92,17 @@ class Generation:
     async def follow(self, offset: int) -> AsyncIterator[tuple[int, str] | MessageRecord]:
         """(offset, text) deltas after `offset`, each all the text there is, then the final record.
 
-        Raises Abandoned when the end is not known here; what it yielded so far is exact.
+        Raises Abandoned when the end is not known here; what it yielded so far is exact. An offset
+        past the text so far waits for the text to pass it.
         """
         sent = offset
         parts = len(self._parts)
         backlog = self.text[offset:]
+        # characters yet to come that the follower has already
+        ahead = max(0, offset - self.length)
         while True:
+            if ahead:
+                backlog, ahead = backlog[ahead:], max(0, ahead - len(backlog))
             if backlog:
                 yield sent, backlog
                 sent += len(backlog)

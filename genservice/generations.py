@@ -48,6 +48,7 @@ class Generations:
         client: openai.AsyncOpenAI,
         batcher: SaveBatcher,
         owner: str,
+        owner_addr: str,
     ) -> None:
         self._config = config
         self._pool = pool
@@ -57,6 +58,8 @@ class Generations:
         self._client = client
         self._batcher = batcher
         self.owner = owner
+        # where gateways dial this process for its replies' live text
+        self.owner_addr = owner_addr
         self._running: dict[str, Generation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.accepting = True

@@ -31,6 +31,7 @@ from genservice.replies.database import open_pool, postgres_url
 from genservice.replies.listener import ListenerHub
 from genservice.replies.migrations import migrate
 from genservice.replies.settings import ConfigError
+from genservice.replies.shared_reads import SharedReads
 from genservice.service import GenerationService
 from genservice.sweeper import sweep_forever
 from genservice.v1 import genservice_pb2 as pb
@@ -53,6 +54,7 @@ SERVER_OPTIONS = [
 ]
 ENVIRONMENT_HELP = """environment:
   GENSERVICE_ADDR              host:port to listen on (127.0.0.1:50051)
+  GENSERVICE_ADVERTISE_ADDR    host:port gateways dial for this process's live replies (the bound address)
   GENSERVICE_TOKEN             every GenerationService call must carry `authorization: Bearer <token>`
                                (unset: no check, and only a loopback GENSERVICE_ADDR is accepted)
   GENSERVICE_TLS_CERT, GENSERVICE_TLS_KEY   PEM certificate and key: serve TLS (unset: plaintext)
@@ -115,7 +117,16 @@ async def running_service(config: GenServiceConfig) -> AsyncIterator[RunningServ
                 lease_seconds=config.lease_seconds,
             )
             saver = await stack.enter_async_context(background("save-batcher", batcher.run))
-            generations = Generations(config, pool, writer, hub, client, batcher, owner)
+            interceptors = [] if config.token is None else [TokenCheck(config.token, SERVICE_NAME)]
+            server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+            if config.tls_cert is not None and config.tls_key is not None:
+                pair = (Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())
+                port = server.add_secure_port(config.addr, grpc.ssl_server_credentials([pair]))
+            else:
+                port = server.add_insecure_port(config.addr)
+            host = config.addr.rpartition(":")[0]
+            owner_addr = config.advertise_addr or f"{host}:{port}"
+            generations = Generations(config, pool, writer, hub, client, batcher, owner, owner_addr)
             sweeper = await stack.enter_async_context(
                 background(
                     "sweeper",
@@ -125,17 +136,12 @@ async def running_service(config: GenServiceConfig) -> AsyncIterator[RunningServ
                 )
             )
 
-            interceptors = [] if config.token is None else [TokenCheck(config.token, SERVICE_NAME)]
-            server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
-            pb_grpc.add_GenerationServiceServicer_to_server(GenerationService(config, pool, hub, generations), server)
+            pb_grpc.add_GenerationServiceServicer_to_server(
+                GenerationService(config, SharedReads(pool), hub, generations), server
+            )
             health_servicer = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-            if config.tls_cert is not None and config.tls_key is not None:
-                pair = (Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())
-                port = server.add_secure_port(config.addr, grpc.ssl_server_credentials([pair]))
-            else:
-                port = server.add_insecure_port(config.addr)
             await server.start()
             service_health = ServiceHealth(
                 health_servicer,
@@ -147,8 +153,7 @@ async def running_service(config: GenServiceConfig) -> AsyncIterator[RunningServ
                 },
             )
             await stack.enter_async_context(background("health", service_health.watch))
-            host = config.addr.rpartition(":")[0]
-            log.info("genservice serving on %s:%d (owner %s)", host, port, owner)
+            log.info("genservice serving on %s:%d (owner %s, live text at %s)", host, port, owner, owner_addr)
             if config.token is None:
                 log.warning("GENSERVICE_TOKEN is unset: any local process may call genservice as any user")
             try:

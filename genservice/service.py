@@ -9,16 +9,16 @@ from dataclasses import dataclass
 
 from genservice import writes
 from genservice.config import GenServiceConfig
-from genservice.generation import Abandoned
+from genservice.generation import Abandoned, Generation
 from genservice.generations import Generations
 from genservice.replies import convert, paging, queries
 from genservice.replies.chats import chat_conversation_id
-from genservice.replies.database import Pool
 from genservice.replies.errors import InvalidArgument
 from genservice.replies.follow import follow_message
 from genservice.replies.listener import ListenerHub
 from genservice.replies.records import MessageRecord, Status
-from genservice.replies.validation import bounded_text, parse_id, require_content, require_user
+from genservice.replies.shared_reads import SharedReads
+from genservice.replies.validation import bounded_text, parse_id, parse_offset, require_content, require_user
 from genservice.rpc_errors import Context, rpc
 from genservice.v1 import genservice_pb2 as pb
 from genservice.v1 import genservice_pb2_grpc as pb_grpc
@@ -47,9 +47,12 @@ CANCEL_WAIT_SECONDS = 3.0
 
 
 class GenerationService(pb_grpc.GenerationServiceServicer):
-    def __init__(self, config: GenServiceConfig, pool: Pool, hub: ListenerHub, generations: Generations) -> None:
+    def __init__(
+        self, config: GenServiceConfig, reads: SharedReads, hub: ListenerHub, generations: Generations
+    ) -> None:
         self._config = config
-        self._pool = pool
+        self._reads = reads
+        self._pool = reads.pool
         self._hub = hub
         self._generations = generations
 
@@ -68,15 +71,25 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
         yield pb.ReplyEvent(
             started=pb.ReplyStarted(message_id=reply.assistant.id, conversation_id=reply.conversation_id)
         )
-        async for event in self._relay(user_id, reply.assistant):
+        message_id = reply.assistant.id
+        async for event in self._relay(user_id, message_id, self._generations.get(message_id), 0):
             yield event
 
     @rpc
     async def WatchReply(  # noqa: N802
         self, request: pb.WatchReplyRequest, context: Context
     ) -> AsyncIterator[pb.ReplyEvent]:
+        """From the generation in memory when it runs here (and is this user's), else from Postgres."""
         user_id = require_user(request.user_id)
-        async for event in follow_message(self._pool, self._hub, user_id, request.message_id, request.offset):
+        message_id = parse_id(request.message_id, "message_id")
+        offset = parse_offset(request.offset)
+        generation = self._generations.get(message_id)
+        if generation is None or generation.user_id != user_id or generation.final is not None:
+            async for event in follow_message(self._reads, self._hub, user_id, message_id, offset):
+                yield event
+            return
+        yield pb.ReplyEvent(started=pb.ReplyStarted(message_id=message_id, conversation_id=generation.conversation_id))
+        async for event in self._relay(user_id, message_id, generation, offset):
             yield event
 
     @rpc
@@ -155,6 +168,7 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
                     model=start.model,
                     request_id=start.request_id,
                     owner=self._generations.owner,
+                    owner_addr=self._generations.owner_addr,
                     lease_seconds=self._config.lease_seconds,
                     chat=start.chat,
                     client_message_id=start.client_message_id,
@@ -175,26 +189,28 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
             await self._cancel(start.user_id, streaming)
         return await attempt()
 
-    async def _relay(self, user_id: str, message: MessageRecord) -> AsyncIterator[pb.ReplyEvent]:
-        """From the generation in memory when it runs here, else (or once it ended elsewhere) from Postgres.
+    async def _relay(
+        self, user_id: str, message_id: str, generation: Generation | None, offset: int
+    ) -> AsyncIterator[pb.ReplyEvent]:
+        """Deltas after `offset`, then `finished`: from `generation` in memory, else (or once it ended
+        elsewhere) from Postgres.
 
         While this caller's stream is slow to take an event, the generation's text piles up and goes
         as one delta: a backlog never becomes a queue of small messages.
         """
-        sent = 0
-        generation = self._generations.get(message.id)
+        sent = offset
         if generation is not None:
             try:
-                async for item in generation.follow(0):
+                async for item in generation.follow(offset):
                     if isinstance(item, MessageRecord):
                         yield pb.ReplyEvent(finished=pb.ReplyFinished(message=convert.message_to_pb(item)))
                         return
-                    offset, text = item
-                    yield pb.ReplyEvent(delta=pb.ReplyDelta(text=text, offset=offset))
-                    sent = offset + len(text)
+                    start, text = item
+                    yield pb.ReplyEvent(delta=pb.ReplyDelta(text=text, offset=start))
+                    sent = start + len(text)
             except Abandoned:
-                log.info("message %s: ended elsewhere; its caller reads from Postgres at %d", message.id, sent)
-        async for event in follow_message(self._pool, self._hub, user_id, message.id, sent, seen_unsaved=True):
+                log.info("message %s: ended elsewhere; its caller reads from Postgres at %d", message_id, sent)
+        async for event in follow_message(self._reads, self._hub, user_id, message_id, sent, seen_unsaved=True):
             if not event.HasField("started"):
                 yield event
 

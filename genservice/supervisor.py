@@ -109,7 +109,7 @@ def run(env: Mapping[str, str]) -> int:
                 log.info("OPENAI_BASE_URL is unset: starting demo-llm, the offline demo model")
                 processes.append(("demo-llm", _spawn("genservice.demo_llm", child_env)))
             for index, addr in enumerate(config.genservice_addrs):
-                genservice_env = {**child_env, "GENSERVICE_ADDR": addr}
+                genservice_env = {**child_env, "GENSERVICE_ADDR": addr, "GENSERVICE_ADVERTISE_ADDR": addr}
                 processes.append((f"genservice-{index}", _spawn("genservice.server", genservice_env)))
             log.info("%d genservice and %d gateway processes", len(config.genservice_addrs), config.gateway_processes)
             page = f"http://{config.gateway_addr}/"

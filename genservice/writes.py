@@ -33,6 +33,7 @@ class StartedReply:
     history: list[tuple[Role, str]]
     # False: the request_id was seen before and this attaches to that reply
     created: bool
+    user_id: str
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ async def start_reply(
     request_id: str | None,
     owner: str,
     lease_seconds: float,
+    owner_addr: str | None = None,
     chat: bool = False,
     client_message_id: str | None = None,
     regenerate: bool = False,
@@ -92,6 +94,7 @@ async def start_reply(
     chat: `conversation_id` is a chat's, created here when it does not exist yet. regenerate: no
     user message is saved; the reply answers the last one, whose earlier replies are superseded.
     Past `max_active_per_user` STREAMING replies of the user (0: no limit) nothing is written.
+    owner_addr: where the owner serves the reply's live text (WatchReply), kept with the lease.
     """
     async with pool.connection() as conn, conn.transaction():
         if conversation_id is None:
@@ -130,11 +133,11 @@ async def start_reply(
         cursor = await conn.execute(
             sql.SQL(
                 "INSERT INTO messages AS m"
-                " (id, conversation_id, user_id, role, status, model, lease_owner, lease_expires_at)"
-                " VALUES (%s, %s, %s, 'assistant', 'streaming', %s, %s,"
+                " (id, conversation_id, user_id, role, status, model, lease_owner, owner_addr, lease_expires_at)"
+                " VALUES (%s, %s, %s, 'assistant', 'streaming', %s, %s, %s,"
                 " clock_timestamp() + make_interval(secs => %s)) RETURNING {}"
             ).format(MESSAGE_COLUMNS),
-            (str(uuid.uuid4()), conversation_id, user_id, model, owner, lease_seconds),
+            (str(uuid.uuid4()), conversation_id, user_id, model, owner, owner_addr, lease_seconds),
         )
         row = await cursor.fetchone()
         assert row is not None
@@ -154,7 +157,7 @@ async def start_reply(
             (conversation_id, assistant.id),
         )
         history = [(Role(r["role"]), r["content"]) for r in await cursor.fetchall()]
-        return StartedReply(conversation_id, assistant, history, created=True)
+        return StartedReply(conversation_id, assistant, history, created=True, user_id=user_id)
 
 
 async def _lock_conversation(conn: AsyncConnection[DictRow], user_id: str, conversation_id: str) -> None:
@@ -223,7 +226,7 @@ async def _attached(conn: AsyncConnection[DictRow], user_id: str, request_id: st
     if row is None:
         return None
     existing = await message_of_user(conn, user_id, str(row["message_id"]))
-    return StartedReply(existing.conversation_id, existing, [], created=False)
+    return StartedReply(existing.conversation_id, existing, [], created=False, user_id=user_id)
 
 
 def _title(content: str) -> str:
@@ -276,7 +279,7 @@ async def finish_reply(pool: Pool, message_id: str, owner: str, text: str, endin
                 " ELSE %(status)s END,"
                 " content = %(text)s, saved_length = %(length)s, error = %(error)s, finish_reason = %(finish)s,"
                 " prompt_tokens = %(prompt)s, completion_tokens = %(completion)s, total_tokens = %(total)s,"
-                " lease_owner = NULL, lease_expires_at = NULL, updated_at = clock_timestamp()"
+                " lease_owner = NULL, owner_addr = NULL, lease_expires_at = NULL, updated_at = clock_timestamp()"
                 " WHERE id = %(id)s AND lease_owner = %(owner)s AND status = 'streaming' RETURNING {}"
             ).format(MESSAGE_COLUMNS),
             {
@@ -341,7 +344,7 @@ async def _end_from_saves(
         cursor = await conn.execute(
             sql.SQL(
                 "UPDATE messages AS m SET status = %s, error = %s, content = {saved},"
-                " lease_owner = NULL, lease_expires_at = NULL, updated_at = clock_timestamp()"
+                " lease_owner = NULL, owner_addr = NULL, lease_expires_at = NULL, updated_at = clock_timestamp()"
                 " WHERE m.id = ANY(%s) AND m.status = 'streaming' RETURNING {columns}"
             ).format(saved=SAVED_TEXT, columns=MESSAGE_COLUMNS),
             [status.value, error, ids],

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from genservice.replies import convert, shared_reads
-from genservice.replies.database import Pool
+from genservice.replies import convert
 from genservice.replies.errors import InvalidArgument
 from genservice.replies.listener import ListenerHub
 from genservice.replies.notices import says_more_than
-from genservice.replies.validation import parse_id
+from genservice.replies.shared_reads import SharedReads
+from genservice.replies.validation import parse_id, parse_offset
 from genservice.v1 import genservice_pb2 as pb
 
 # a follower that heard nothing for this long reads Postgres anyway
@@ -23,7 +23,7 @@ IDLE_SECONDS = 2.0
 
 
 async def follow_message(
-    pool: Pool, hub: ListenerHub, user_id: str, message_id: str, offset: int, *, seen_unsaved: bool = False
+    reads: SharedReads, hub: ListenerHub, user_id: str, message_id: str, offset: int, *, seen_unsaved: bool = False
 ) -> AsyncIterator[pb.ReplyEvent]:
     """`started`, then deltas after `offset`, then `finished`. Bad input raises before `started`.
 
@@ -31,10 +31,9 @@ async def follow_message(
     message is no mistake (its owner lost the lease before saving it): it gets `finished`, the truth.
     """
     message_id = parse_id(message_id, "message_id")
-    if offset < 0:
-        raise InvalidArgument(f"offset must be 0 or more, got {offset}")
+    offset = parse_offset(offset)
     async with hub.subscribe(message_id) as subscription:
-        read = await shared_reads.read_after(pool, user_id, message_id, offset)
+        read = await reads.read_after(user_id, message_id, offset)
         final = read.final
         if final is not None and offset > len(final.content) and not seen_unsaved:
             raise InvalidArgument(f"offset {offset} is past the end of message {message_id} ({len(final.content)})")
@@ -50,5 +49,5 @@ async def follow_message(
             notices = await subscription.wait(IDLE_SECONDS)
             text = ""
             if notices is None or says_more_than(notices, sent):
-                read = await shared_reads.read_after(pool, user_id, message_id, sent)
+                read = await reads.read_after(user_id, message_id, sent)
                 text, final = read.text, read.final

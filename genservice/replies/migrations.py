@@ -38,5 +38,7 @@ async def migrate(pool: Pool) -> None:
                     await conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
                 log.info("applied migration %s", version)
         finally:
+            # the migrations commit before the lock is let go: the next process must find them applied
+            await conn.commit()
             await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
             await conn.commit()

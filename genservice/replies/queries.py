@@ -85,6 +85,18 @@ async def read_after(pool: Pool, user_id: str, message_id: str, offset: int) -> 
     return TextAfter(message_id, conversation_id, tail, None)
 
 
+async def live_owner(pool: Pool, user_id: str, message_id: str) -> str | None:
+    """Where the process running this user's streaming message serves its live text (host:port, as its
+    advertises it); None when the message is not streaming, is not the user's, or names no address."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT owner_addr FROM messages WHERE id = %s AND user_id = %s AND status = 'streaming'",
+            (message_id, user_id),
+        )
+        row = await cursor.fetchone()
+    return None if row is None else row["owner_addr"]
+
+
 async def list_messages(
     pool: Pool, user_id: str, conversation_id: str, limit: int, after_seq: int, max_bytes: int
 ) -> MessagePage:

@@ -1,10 +1,10 @@
 """Reads of one message that wait at the same time share one query.
 
-When many readers ask for a message's text after the same offset at once (a stampede of tabs
-reconnecting, every follower of a reply woken by one notice), the first read queues for a pooled
-connection and the others join it. Joining ends when that read gets its connection: a read already
-sent may have taken its snapshot before the commit that woke a later reader, so a later reader
-starts a read of its own.
+One SharedReads is built per process at start, over its pool. When many readers ask for a
+message's text after the same offset at once (a stampede of tabs reconnecting, every follower of a
+reply woken by one notice), the first read queues for a pooled connection and the others join it.
+Joining ends when that read gets its connection: a read already sent may have taken its snapshot
+before the commit that woke a later reader, so a later reader starts a read of its own.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from genservice.replies import queries
 from genservice.replies.database import Pool
 from genservice.replies.records import TextAfter
 
-_Key = tuple[Pool, str, str, int]
+# user id, message id, offset
+_Key = tuple[str, str, int]
 
 
 class _Sending:
@@ -39,10 +40,11 @@ class _Sending:
 
 
 class _Read:
-    def __init__(self, key: _Key) -> None:
+    def __init__(self, pool: Pool, key: _Key, joinable: dict[_Key, _Read]) -> None:
         self.key = key
         self.readers = 0
-        pool, user_id, message_id, offset = key
+        self._joinable = joinable
+        user_id, message_id, offset = key
         # a query uses nothing of its pool but connection()
         sending = cast(Pool, _Sending(pool, self.close))
         self.task = asyncio.ensure_future(queries.read_after(sending, user_id, message_id, offset))
@@ -50,26 +52,28 @@ class _Read:
 
     def close(self, *_: object) -> None:
         """No reader joins this read any more."""
-        if _joinable.get(self.key) is self:
-            del _joinable[self.key]
+        if self._joinable.get(self.key) is self:
+            del self._joinable[self.key]
 
 
-# reads not yet sent, which a reader of the same text may still join
-_joinable: dict[_Key, _Read] = {}
+class SharedReads:
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        # reads not yet sent, which a reader of the same text may still join
+        self._joinable: dict[_Key, _Read] = {}
 
-
-async def read_after(pool: Pool, user_id: str, message_id: str, offset: int) -> TextAfter:
-    """queries.read_after, shared with every reader of the same text that asks before it is sent."""
-    key = (pool, user_id, message_id, offset)
-    read = _joinable.get(key)
-    if read is None:
-        read = _joinable[key] = _Read(key)
-    read.readers += 1
-    try:
-        return await asyncio.shield(read.task)
-    finally:
-        read.readers -= 1
-        if read.readers == 0 and not read.task.done():
-            # every reader left: the read is cancelled, and nobody may join it now
-            read.close()
-            read.task.cancel()
+    async def read_after(self, user_id: str, message_id: str, offset: int) -> TextAfter:
+        """queries.read_after, shared with every reader of the same text that asks before it is sent."""
+        key = (user_id, message_id, offset)
+        read = self._joinable.get(key)
+        if read is None:
+            read = self._joinable[key] = _Read(self.pool, key, self._joinable)
+        read.readers += 1
+        try:
+            return await asyncio.shield(read.task)
+        finally:
+            read.readers -= 1
+            if read.readers == 0 and not read.task.done():
+                # every reader left: the read is cancelled, and nobody may join it now
+                read.close()
+                read.task.cancel()

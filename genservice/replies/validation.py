@@ -17,6 +17,13 @@ def parse_id(value: str, field: str) -> str:
         raise InvalidArgument(f"{field} is not a valid id: {value[:64]!r}") from None
 
 
+def parse_offset(offset: int) -> int:
+    """A character offset into a message's text."""
+    if offset < 0:
+        raise InvalidArgument(f"offset must be 0 or more, got {offset}")
+    return offset
+
+
 MAX_KEY_CHARS = 200
 
 

@@ -18,7 +18,7 @@ def record(content: str, status: Status) -> MessageRecord:
 
 
 def generation() -> Generation:
-    return Generation(StartedReply("c", record("", Status.STREAMING), [(Role.USER, "hi")], created=True))
+    return Generation(StartedReply("c", record("", Status.STREAMING), [(Role.USER, "hi")], created=True, user_id="u"))
 
 
 async def test_a_follower_that_did_not_read_gets_its_whole_backlog_as_one_delta() -> None:
@@ -64,3 +64,17 @@ async def test_a_follower_of_an_abandoned_generation_gets_the_text_it_had_then_g
     assert await anext(follower) == (0, "kept")
     with pytest.raises(Abandoned):
         await anext(follower)
+
+
+async def test_a_follower_from_an_offset_past_the_text_so_far_gets_only_what_comes_after_it() -> None:
+    reply = generation()
+    reply.append("ab")
+    follower = reply.follow(5)
+    pending = asyncio.ensure_future(anext(follower))
+    await asyncio.sleep(0)
+    reply.append("cd")
+    reply.append("efgh")
+    assert await pending == (5, "fgh")
+    reply.end(record(reply.text, Status.COMPLETE))
+    final = await anext(follower)
+    assert isinstance(final, MessageRecord)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from genservice.v1 import genservice_pb2 as pb
 from genservice.v1 import genservice_pb2_grpc as pb_grpc
-from tests.support.grpc_replies import assert_streaming, collect, joined, read_started
+from tests.support.grpc_replies import assert_streaming, collect, joined, read_started, read_text
 from tests.support.model_server import ModelServer, expected_reply
 
 CONTENT = "cut me anywhere [[len=1200 chunk=7]]"
@@ -46,6 +47,38 @@ async def test_resuming_a_live_reply_at_random_cuts_joins_exactly(stub, model_se
             watch.cancel()
         call.cancel()
     assert text == expected
+
+
+HELD_AT = 600
+
+
+@pytest.fixture(scope="module")
+async def held_reply(genservice_target: str, model_server: ModelServer) -> AsyncIterator[tuple[str, str, str]]:
+    """A reply running in the test's genservice, held at a gate: its user, its id and its text so far."""
+    user_id = f"user-{uuid.uuid4().hex[:8]}"
+    with model_server.gate() as gate:
+        content = f"held for cuts [[len=1200 chunk=7 {gate.at(HELD_AT)}]]"
+        async with grpc.aio.insecure_channel(genservice_target) as channel:
+            call = pb_grpc.GenerationServiceStub(channel).StreamReply(
+                pb.StreamReplyRequest(user_id=user_id, content=content)
+            )
+            message_id = (await read_started(call)).message_id
+            await read_text(call, HELD_AT)
+            yield user_id, message_id, expected_reply(content)[:HELD_AT]
+            call.cancel()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(min_value=0, max_value=HELD_AT))
+async def test_a_live_reply_watched_from_its_owners_memory_at_any_offset_joins_exactly(held_reply, stub, cut):
+    user_id, message_id, so_far = held_reply
+    watch = stub.WatchReply(pb.WatchReplyRequest(user_id=user_id, message_id=message_id, offset=cut))
+    started = await read_started(watch)
+    text = await read_text(watch, HELD_AT - cut)
+    watch.cancel()
+    assert started.message_id == message_id
+    assert so_far[:cut] + text == so_far
+    await assert_streaming(stub, user_id, message_id)
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from genservice.replies import shared_reads
 from genservice.replies.database import Pool, open_pool
+from genservice.replies.shared_reads import SharedReads
 from genservice.writes import start_reply
 
 
@@ -28,11 +28,12 @@ async def started_message(pool: Pool) -> tuple[str, str]:
 async def test_readers_that_wait_together_share_one_query(database_url: str, pool: Pool) -> None:
     user_id, message_id = await started_message(pool)
     async with open_pool(database_url, "tests-shared-reads", max_size=1) as small:
+        reads = SharedReads(small)
         async with small.connection():
             small.pop_stats()
             # the only connection is lent: every read below waits, so each later one joins the first
-            readers = [asyncio.ensure_future(shared_reads.read_after(small, user_id, message_id, 0)) for _ in range(20)]
-            other_offset = asyncio.ensure_future(shared_reads.read_after(small, user_id, message_id, 1))
+            readers = [asyncio.ensure_future(reads.read_after(user_id, message_id, 0)) for _ in range(20)]
+            other_offset = asyncio.ensure_future(reads.read_after(user_id, message_id, 1))
             await asyncio.sleep(0)
         results = await asyncio.gather(*readers, other_offset)
         stats = small.pop_stats()
@@ -44,9 +45,10 @@ async def test_readers_that_wait_together_share_one_query(database_url: str, poo
 async def test_a_reader_that_leaves_does_not_cancel_the_read_of_the_others(database_url: str, pool: Pool) -> None:
     user_id, message_id = await started_message(pool)
     async with open_pool(database_url, "tests-shared-reads-leave", max_size=1) as small:
+        reads = SharedReads(small)
         async with small.connection():
-            leaving = asyncio.ensure_future(shared_reads.read_after(small, user_id, message_id, 0))
-            staying = asyncio.ensure_future(shared_reads.read_after(small, user_id, message_id, 0))
+            leaving = asyncio.ensure_future(reads.read_after(user_id, message_id, 0))
+            staying = asyncio.ensure_future(reads.read_after(user_id, message_id, 0))
             await asyncio.sleep(0)
             leaving.cancel()
         assert (await staying).message_id == message_id

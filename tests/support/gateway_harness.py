@@ -104,6 +104,12 @@ async def read_all(response: httpx2.Response, seconds: float = 15) -> list[Event
         return [event async for event in stream_events(response)]
 
 
+async def read_rest(events: AsyncGenerator[Event, None], seconds: float = 15) -> list[Event]:
+    """What is left of an open stream, to its end."""
+    async with asyncio.timeout(seconds):
+        return [event async for event in events]
+
+
 def joined(events: list[Event], start: int | None = None) -> str:
     """The deltas' text, checking each starts where the previous ended and its id is the offset after it."""
     text = ""
@@ -190,6 +196,12 @@ async def listener_pids(pool: Pool, application_name: str) -> list[int]:
             (application_name,),
         )
         return [row["pid"] for row in await cursor.fetchall()]
+
+
+async def forget_owner_address(pool: Pool, message_id: str) -> None:
+    """The message names no owner address any more: its followers go through Postgres LISTEN."""
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE messages SET owner_addr = NULL WHERE id = %s", (message_id,))
 
 
 def gateway_config(database_url: str, genservice_target: str, **changes: Any) -> GatewayConfig:

@@ -1,0 +1,195 @@
+"""A follower on any gateway gets the text from the reply's owner as it is written; Postgres when the owner is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import httpx2
+
+from gateway.auth import DEV_USER
+from gateway.server import RunningGateway
+from genservice.replies.database import Pool
+from genservice.v1 import genservice_pb2 as pb
+from genservice.v1 import genservice_pb2_grpc as pb_grpc
+from tests.support import grpc_replies
+from tests.support.gateway_harness import (
+    content,
+    gateway_config,
+    http_client,
+    joined,
+    metric,
+    read_rest,
+    read_started,
+    read_text,
+    reply_text,
+    started_gateway,
+    stream_events,
+    until,
+)
+from tests.support.model_server import ModelServer
+from tests.support.processes import Process, genservice_process
+
+HELD_AT = 300
+# the session's genservice ends a dead or paused owner's message soon after its lease runs out
+SHORT_LEASE = {"LEASE_SECONDS": "1"}
+
+
+async def saved_text(pool: Pool, message_id: str) -> str:
+    """What any program reading Postgres sees of the message now."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute("SELECT content FROM message_text WHERE id = %s", (message_id,))
+        row = await cursor.fetchone()
+    assert row is not None
+    return str(row["content"])
+
+
+@asynccontextmanager
+async def owner_and_gateway(
+    database_url: str,
+    model_server: ModelServer,
+    genservice_target: str,
+    env: Mapping[str, str],
+    owner_start_seconds: float = 30.0,
+) -> AsyncIterator[tuple[Process, RunningGateway]]:
+    """A genservice process of its own, and a gateway configured with it beside the session's genservice.
+
+    By default, however slow this machine, the owner is not passed over for being slow to start a stream."""
+    process_env = {"DATABASE_URL": database_url, "OPENAI_BASE_URL": model_server.base_url, **env}
+    async with genservice_process(process_env) as owner:
+        config = gateway_config(
+            database_url, f"{genservice_target},{owner.addr}", owner_start_seconds=owner_start_seconds
+        )
+        async with started_gateway(config) as gateway:
+            yield owner, gateway
+
+
+@asynccontextmanager
+async def reply_on(owner: Process, message: str) -> AsyncIterator[tuple[Any, str]]:
+    """A reply started on `owner` for the gateway's development user: its open call and its message id."""
+    async with grpc.aio.insecure_channel(owner.addr) as channel:
+        call = pb_grpc.GenerationServiceStub(channel).StreamReply(
+            pb.StreamReplyRequest(user_id=DEV_USER, content=message)
+        )
+        started = await grpc_replies.read_started(call)
+        yield call, started.message_id
+        call.cancel()
+
+
+async def test_a_follower_elsewhere_gets_the_text_before_any_save(
+    database_url: str, pool: Pool, model_server: ModelServer, genservice_target: str
+) -> None:
+    # nothing is saved until the reply ends: what the follower gets can only come from the owner's memory
+    never = {"SAVE_MAX_DELAY_MS": "600000", "SAVE_EVERY_CHARS": "10000000", "LEASE_SECONDS": "120"}
+    async with owner_and_gateway(database_url, model_server, genservice_target, never) as (owner, gateway):
+        with model_server.gate() as gate:
+            message = content("from memory", f"[[len=1500 {gate.at(HELD_AT)}]]")
+            async with reply_on(owner, message) as (_, message_id), http_client(gateway) as client:
+                async with client.stream("GET", f"/v1/messages/{message_id}/events") as response:
+                    events = stream_events(response)
+                    await read_started(events)
+                    got = await read_text(events, HELD_AT)
+                    assert joined(got, start=0) == reply_text(message)[:HELD_AT]
+                    assert await saved_text(pool, message_id) == ""
+                    assert (await client.get(f"/v1/messages/{message_id}")).json()["status"] == "streaming"
+                    # not through Postgres: the gateway listens for nothing
+                    assert await metric(client, "gateway_listener_subscriptions") == 0
+                    gate.release()
+                    got += await read_rest(events)
+                assert await metric(client, 'gateway_owner_follows_total{outcome="finished"}') == 1
+    assert got[-1].event == "finished"
+    assert joined(got, start=0) == reply_text(message) == got[-1].json()["message"]["content"]
+
+
+async def test_a_follower_whose_owner_dies_continues_from_postgres(
+    database_url: str, pool: Pool, model_server: ModelServer, genservice_target: str
+) -> None:
+    async with owner_and_gateway(database_url, model_server, genservice_target, SHORT_LEASE) as (owner, gateway):
+        with model_server.gate() as gate:
+            message = content("owner dies", f"[[len=1500 {gate.at(HELD_AT)}]]")
+            async with reply_on(owner, message) as (_, message_id), http_client(gateway) as client:
+                async with client.stream("GET", f"/v1/messages/{message_id}/events") as response:
+                    events = stream_events(response)
+                    await read_started(events)
+                    got = await read_text(events, HELD_AT)
+                    assert await metric(client, "gateway_listener_subscriptions") == 0
+
+                    async def all_saved() -> bool:
+                        return len(await saved_text(pool, message_id)) == HELD_AT
+
+                    await until(all_saved)
+                    owner.signal(signal.SIGKILL)
+                    await owner.wait()
+                    got += await read_rest(events)
+                assert await metric(client, 'gateway_owner_follows_total{outcome="failed_midway"}') == 1
+    finished = got[-1]
+    assert finished.event == "finished"
+    assert finished.json()["message"]["status"] == "error"
+    # every character once, and exactly what was saved
+    assert joined(got, start=0) == finished.json()["message"]["content"] == reply_text(message)[:HELD_AT]
+
+
+async def test_an_owner_that_does_not_answer_in_time_is_passed_over_for_postgres(
+    database_url: str, pool: Pool, model_server: ModelServer, genservice_target: str
+) -> None:
+    started = owner_and_gateway(database_url, model_server, genservice_target, SHORT_LEASE, 0.5)
+    async with started as (owner, gateway):
+        with model_server.gate() as gate:
+            message = content("owner paused", f"[[len=1500 {gate.at(HELD_AT)}]]")
+            async with reply_on(owner, message) as (_, message_id), http_client(gateway) as client:
+
+                async def all_saved() -> bool:
+                    return len(await saved_text(pool, message_id)) == HELD_AT
+
+                await until(all_saved)
+                # paused: it accepts the connection and never answers; its lease runs out meanwhile
+                owner.signal(signal.SIGSTOP)
+                async with client.stream("GET", f"/v1/messages/{message_id}/events") as response:
+                    events = stream_events(response)
+                    await read_started(events)
+                    got = await read_rest(events)
+                assert await metric(client, 'gateway_owner_follows_total{outcome="not_started"}') == 1
+    finished = got[-1]
+    assert finished.event == "finished"
+    assert finished.json()["message"]["status"] == "error"
+    assert joined(got, start=0) == finished.json()["message"]["content"] == reply_text(message)[:HELD_AT]
+
+
+async def test_an_owner_address_that_is_not_configured_is_never_dialled(
+    gateway: RunningGateway,
+    client: httpx2.AsyncClient,
+    stub: pb_grpc.GenerationServiceStub,
+    pool: Pool,
+    model_server: ModelServer,
+) -> None:
+    dialled = 0
+
+    def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal dialled
+        dialled += 1
+        writer.close()
+
+    stranger = await asyncio.start_server(count, "127.0.0.1", 0)
+    host, port = stranger.sockets[0].getsockname()[:2]
+    async with stranger:
+        with model_server.gate() as gate:
+            message = content("stranger", f"[[len=1500 {gate.at(HELD_AT)}]]")
+            call = stub.StreamReply(pb.StreamReplyRequest(user_id=DEV_USER, content=message))
+            message_id = (await grpc_replies.read_started(call)).message_id
+            async with pool.connection() as conn:
+                await conn.execute("UPDATE messages SET owner_addr = %s WHERE id = %s", (f"{host}:{port}", message_id))
+            async with client.stream("GET", f"/v1/messages/{message_id}/events") as response:
+                events = stream_events(response)
+                await read_started(events)
+                got = await read_text(events, HELD_AT)
+                # through Postgres LISTEN instead
+                assert await metric(client, "gateway_listener_subscriptions") == 1
+                gate.release()
+                got += await read_rest(events)
+            call.cancel()
+    assert dialled == 0
+    assert joined(got, start=0) == reply_text(message) == got[-1].json()["message"]["content"]
