@@ -57,7 +57,7 @@ class GatewayConfig:
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 30.0
     # open connections at most (streams included); past it uvicorn answers 503
-    max_connections: int = 2000
+    max_connections: int = 10_000
     # a longer user message is refused here with 413 (genservice reads the same variable)
     max_content_chars: int = 32_000
     # an idle stream gets a `: ping` comment this often

@@ -29,7 +29,7 @@ FULL_RESPONSE = (
 
 class _GuardedProtocol(HttpToolsProtocol):
     header_timeout: float = 10.0
-    max_connections: int = 2000
+    max_connections: int = 10_000
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
