@@ -70,6 +70,9 @@ ENVIRONMENT_HELP = """environment:
   MODEL_MAX_RETRIES            retries before the first token (2)
   MAX_REPLY_CHARS              longest reply kept (2000000)
   MAX_CONTENT_CHARS            longest user message accepted (32000)
+  MAX_ACTIVE_REPLIES_PER_USER  replies one user may have STREAMING at once; past it RESOURCE_EXHAUSTED (8; 0: no limit)
+  MAX_ACTIVE_REPLIES           replies this process runs at once; past it UNAVAILABLE (500)
+  ALLOWED_MODELS               models a request may name, comma-separated, `*` for any (OPENAI_MODEL alone)
   GENSERVICE_POOL_SIZE         Postgres connections at most (20)
 
 The first SIGTERM/SIGINT drains (NOT_SERVING, new replies refused, running ones finish or end ERROR);
