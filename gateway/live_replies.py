@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 
 from prometheus_client import Gauge
@@ -21,10 +21,10 @@ from prometheus_client import Gauge
 from gateway.relay import close_events
 from genservice.v1 import genservice_pb2 as pb
 
-log = logging.getLogger(__name__)
-
 # characters of one reply a gateway keeps in memory for its followers
 MAX_LIVE_CHARS = 1_000_000
+# replies found longer than that, remembered so that their next followers go to Postgres at once
+REMEMBERED_TOO_LONG = 1000
 
 Watch = Callable[[str, pb.WatchReplyRequest], AsyncIterator[pb.ReplyEvent]]
 Key = tuple[str, str, str]
@@ -39,6 +39,7 @@ class _SharedReply:
 
     def __init__(self, events: AsyncIterator[pb.ReplyEvent], max_chars: int, on_end: Callable[[], None]) -> None:
         self.followers = 0
+        self.too_long = False
         self._max_chars = max_chars
         self._on_end = on_end
         self._started: pb.ReplyEvent | None = None
@@ -88,6 +89,7 @@ class _SharedReply:
             return
         self._end += len(delta.text)
         if self._end > self._max_chars:
+            self.too_long = True
             raise LiveReplyLost(f"the reply is longer than {self._max_chars} characters, more than is kept here")
         self._pieces.append(delta.text)
         self._ends.append(self._end)
@@ -137,10 +139,13 @@ class LiveReplies:
         self._max_chars = max_chars
         self._replies: dict[Key, _SharedReply] = {}
         self._readers: set[asyncio.Task[None]] = set()
+        self._too_long: OrderedDict[Key, None] = OrderedDict()
 
     async def follow(self, owner: str, user_id: str, message_id: str, offset: int) -> AsyncIterator[pb.ReplyEvent]:
         """The message's events from `offset`, through the one stream this process keeps on `owner` for it."""
         key = (owner, user_id, message_id)
+        if key in self._too_long:
+            raise LiveReplyLost(f"the reply is longer than {self._max_chars} characters, more than is kept here")
         reply = self._replies.get(key)
         if reply is None:
             reply = self._open(key)
@@ -164,6 +169,10 @@ class LiveReplies:
             self._open_streams.dec()
             self._readers.discard(reply.reader)
             self._forget(key, reply)
+            if reply.too_long:
+                self._too_long[key] = None
+                if len(self._too_long) > REMEMBERED_TOO_LONG:
+                    self._too_long.popitem(last=False)
 
         reply = self._replies[key] = _SharedReply(events, self._max_chars, ended)
         self._readers.add(reply.reader)

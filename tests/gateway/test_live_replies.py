@@ -77,4 +77,8 @@ async def test_past_the_cap_every_follower_is_let_go_after_what_it_was_sent() ->
     owner.put("def")
     with pytest.raises(LiveReplyLost):
         await anext(follower)
+    # the next follower of that reply is let go at once, with no second stream on the owner
+    with pytest.raises(LiveReplyLost):
+        await anext(live.follow("o", "u", "m", 0))
+    assert len(owner.calls) == 1
     await live.close()
