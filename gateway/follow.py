@@ -1,7 +1,8 @@
 """Following a message for a browser: from the owner's live stream where it can, else through Postgres LISTEN.
 
 A streaming message names the genservice that runs it. When that address is one of the configured
-genservices, its WatchReply gives the text as the model writes it, ahead of the saves. If the owner
+genservices, its WatchReply gives the text as the model writes it, ahead of the saves: one stream per
+reply per gateway process, shared by all its followers here (live_replies). If the owner
 cannot be reached (gone, restarting) or is slow to start the stream (a busy process accepts new
 calls one at a time on its event loop), the follow goes through Postgres from the start; if it fails
 midway, Postgres continues from the last character sent. Offsets join the two with no gap and no
@@ -15,6 +16,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from gateway.errors import ApiError
+from gateway.live_replies import LiveReplyLost
 from gateway.relay import close_events
 from gateway.resources import Resources
 from genservice.replies import queries
@@ -32,8 +34,7 @@ async def follow_reply(res: Resources, user_id: str, message_id: str, offset: in
     sent, started = offset, False
     owner = await queries.live_owner(res.pool, user_id, message_id)
     if owner is not None and res.upstream.dials(owner):
-        request = pb.WatchReplyRequest(user_id=user_id, message_id=message_id, offset=offset)
-        events = res.upstream.watch_reply(owner, request)
+        events = res.live.follow(owner, user_id, message_id, offset)
         # None: the owner's stream ended without `finished`
         failure: Exception | None = None
         try:
@@ -49,7 +50,7 @@ async def follow_reply(res: Resources, user_id: str, message_id: str, offset: in
                 yield event
                 if event.HasField("delta"):
                     sent = event.delta.offset + len(event.delta.text)
-        except (ApiError, TimeoutError, StopAsyncIteration) as exc:
+        except (ApiError, LiveReplyLost, TimeoutError, StopAsyncIteration) as exc:
             failure = exc
         finally:
             await close_events(events)

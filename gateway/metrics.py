@@ -37,6 +37,11 @@ class GatewayMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.owner_streams = Gauge(
+            "gateway_owner_streams",
+            "WatchReply streams open now on live replies' owners, each shared by this process's followers of one reply",
+            registry=registry,
+        )
 
 
 class HubCollector(Collector):

@@ -16,6 +16,7 @@ from starlette.requests import Request
 
 from gateway.auth import DEV_USER, Authenticator
 from gateway.config import MIN_SECRET_BYTES, GatewayConfig
+from gateway.live_replies import LiveReplies
 from gateway.metrics import GatewayMetrics, HubCollector
 from gateway.relay import Relay
 from gateway.upstream import Upstream, open_upstream
@@ -34,6 +35,8 @@ class Resources:
     # the pool's reads of a message's text, shared by the readers that wait for the same one
     reads: SharedReads
     hub: ListenerHub
+    # the one owner stream per live reply, shared by this process's followers of it
+    live: LiveReplies
     auth: Authenticator
     metrics: GatewayMetrics
     relay: Relay
@@ -68,6 +71,8 @@ async def open_resources(config: GatewayConfig, metrics: GatewayMetrics, relay: 
         collector = HubCollector(hub)
         metrics.registry.register(collector)
         stack.callback(metrics.registry.unregister, collector)
+        live = LiveReplies(upstream.watch_reply, metrics.owner_streams)
+        stack.push_async_callback(live.close)
         log.info("gateway resources open: genservice at %s, pool %r", config.genservice_target, config.name)
         yield Resources(
             config=config,
@@ -75,6 +80,7 @@ async def open_resources(config: GatewayConfig, metrics: GatewayMetrics, relay: 
             pool=pool,
             reads=SharedReads(pool),
             hub=hub,
+            live=live,
             auth=auth,
             metrics=metrics,
             relay=relay,

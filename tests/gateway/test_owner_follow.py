@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import grpc
@@ -18,6 +19,8 @@ from genservice.v1 import genservice_pb2 as pb
 from genservice.v1 import genservice_pb2_grpc as pb_grpc
 from tests.support import grpc_replies
 from tests.support.gateway_harness import (
+    Event,
+    assert_streaming,
     content,
     gateway_config,
     http_client,
@@ -193,3 +196,114 @@ async def test_an_owner_address_that_is_not_configured_is_never_dialled(
             call.cancel()
     assert dialled == 0
     assert joined(got, start=0) == reply_text(message) == got[-1].json()["message"]["content"]
+
+
+# nothing is saved until the reply ends: what followers get before it can only come from the owner's memory
+NEVER_SAVED = {"SAVE_MAX_DELAY_MS": "600000", "SAVE_EVERY_CHARS": "10000000", "LEASE_SECONDS": "120"}
+
+
+@asynccontextmanager
+async def following(
+    client: httpx2.AsyncClient, message_id: str, offset: int
+) -> AsyncIterator[AsyncGenerator[Event, None]]:
+    """A follower of the message from `offset`, past its `started`."""
+    url = f"/v1/messages/{message_id}/events"
+    async with client.stream("GET", url, headers={"Last-Event-ID": str(offset)}) as response:
+        events = stream_events(response)
+        await read_started(events)
+        yield events
+
+
+async def test_followers_on_one_gateway_share_one_stream_on_the_owner(
+    database_url: str, pool: Pool, model_server: ModelServer, genservice_target: str
+) -> None:
+    # the first from the start; the others join once 300 characters are out, from the start and from anywhere
+    offsets = [0, 0, *random.sample(range(1, HELD_AT), 4)]
+    async with owner_and_gateway(database_url, model_server, genservice_target, NEVER_SAVED) as (owner, gateway):
+        with model_server.gate() as gate:
+            message = content("shared", f"[[len=1500 {gate.at(HELD_AT)}]]")
+            text = reply_text(message)
+            async with reply_on(owner, message) as (_, message_id), http_client(gateway) as client:
+                async with AsyncExitStack() as stack:
+                    got: list[tuple[int, AsyncGenerator[Event, None], list[Event]]] = []
+                    for offset in offsets:
+                        events = await stack.enter_async_context(following(client, message_id, offset))
+                        backlog = await read_text(events, HELD_AT - offset, start=offset)
+                        assert joined(backlog, start=offset) == text[offset:HELD_AT]
+                        got.append((offset, events, backlog))
+                    assert await metric(client, "gateway_owner_streams") == 1
+                    assert await metric(client, "gateway_listener_subscriptions") == 0
+                    gate.release()
+                    for offset, events, backlog in got:
+                        backlog += await read_rest(events)
+                        assert backlog[-1].event == "finished"
+                        assert joined(backlog, start=offset) == text[offset:]
+                        assert backlog[-1].json()["message"]["content"] == text
+                assert await metric(client, 'gateway_owner_follows_total{outcome="finished"}') == len(offsets)
+                assert await metric(client, "gateway_owner_streams") == 0
+
+
+async def test_the_shared_stream_closes_when_its_last_follower_leaves(
+    database_url: str, pool: Pool, model_server: ModelServer, genservice_target: str
+) -> None:
+    async with owner_and_gateway(database_url, model_server, genservice_target, NEVER_SAVED) as (owner, gateway):
+        with model_server.gate() as gate:
+            message = content("last leaves", f"[[len=1500 {gate.at(HELD_AT)}]]")
+            text = reply_text(message)
+            async with reply_on(owner, message) as (_, message_id), http_client(gateway) as client:
+
+                async def owner_streams(count: int) -> None:
+                    async def open_now() -> bool:
+                        return await metric(client, "gateway_owner_streams") == count
+
+                    await until(open_now)
+
+                async with following(client, message_id, 0) as first:
+                    await read_text(first, HELD_AT)
+                    async with following(client, message_id, 0) as second:
+                        await read_text(second, HELD_AT)
+                    # the second left; the stream stays for the first
+                    await owner_streams(1)
+                    await assert_streaming(client, message_id)
+                await owner_streams(0)
+                # a follower after that opens a new one, from the start
+                async with following(client, message_id, 0) as third:
+                    got = await read_text(third, HELD_AT)
+                    await owner_streams(1)
+                    gate.release()
+                    got += await read_rest(third)
+                await owner_streams(0)
+    assert joined(got, start=0) == text == got[-1].json()["message"]["content"]
+
+
+async def test_every_follower_of_a_shared_stream_continues_from_postgres_when_the_owner_dies(
+    database_url: str, pool: Pool, model_server: ModelServer, genservice_target: str
+) -> None:
+    offsets = [0, *random.sample(range(1, HELD_AT), 2)]
+    async with owner_and_gateway(database_url, model_server, genservice_target, SHORT_LEASE) as (owner, gateway):
+        with model_server.gate() as gate:
+            message = content("shared owner dies", f"[[len=1500 {gate.at(HELD_AT)}]]")
+            async with reply_on(owner, message) as (_, message_id), http_client(gateway) as client:
+                async with AsyncExitStack() as stack:
+                    got: list[tuple[int, AsyncGenerator[Event, None], list[Event]]] = []
+                    for offset in offsets:
+                        events = await stack.enter_async_context(following(client, message_id, offset))
+                        got.append((offset, events, await read_text(events, HELD_AT - offset, start=offset)))
+                    assert await metric(client, "gateway_owner_streams") == 1
+
+                    async def all_saved() -> bool:
+                        return len(await saved_text(pool, message_id)) == HELD_AT
+
+                    await until(all_saved)
+                    owner.signal(signal.SIGKILL)
+                    await owner.wait()
+                    for offset, events, backlog in got:
+                        backlog += await read_rest(events)
+                        finished = backlog[-1]
+                        assert finished.event == "finished"
+                        assert finished.json()["message"]["status"] == "error"
+                        saved = finished.json()["message"]["content"]
+                        assert saved == reply_text(message)[:HELD_AT]
+                        assert joined(backlog, start=offset) == saved[offset:]
+                assert await metric(client, 'gateway_owner_follows_total{outcome="failed_midway"}') == len(offsets)
+                assert await metric(client, "gateway_owner_streams") == 0

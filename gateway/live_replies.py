@@ -1,0 +1,191 @@
+"""One WatchReply per live reply per gateway process, shared by every follower of that reply here.
+
+The shared stream watches the owner from offset 0 and keeps the whole text it got (a reply is bounded,
+and past `max_chars` the stream gives up so that its followers go to Postgres instead). A follower
+joining reads its backlog from that text, then everything new as one delta per wake-up: the text is
+a list of pieces with their end offsets, each follower keeps only its own offset, and one event,
+replaced on each change, wakes them all. A slow follower gets all it missed as one delta. The
+stream ends with `finished`, which every follower gets, or with a failure, which every follower
+raises as `LiveReplyLost` after the text it was sent; it is closed when its last follower leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+
+from prometheus_client import Gauge
+
+from gateway.relay import close_events
+from genservice.v1 import genservice_pb2 as pb
+
+# characters of one reply a gateway keeps in memory for its followers
+MAX_LIVE_CHARS = 1_000_000
+# replies found longer than that, remembered so that their next followers go to Postgres at once
+REMEMBERED_TOO_LONG = 1000
+
+Watch = Callable[[str, pb.WatchReplyRequest], AsyncIterator[pb.ReplyEvent]]
+Key = tuple[str, str, str]
+
+
+class LiveReplyLost(Exception):
+    """The shared stream ended without `finished`: the follower goes on from what it was sent, elsewhere."""
+
+
+class _SharedReply:
+    """One owner stream's events, and the text it has given so far."""
+
+    def __init__(self, events: AsyncIterator[pb.ReplyEvent], max_chars: int, on_end: Callable[[], None]) -> None:
+        self.followers = 0
+        self.too_long = False
+        self._max_chars = max_chars
+        self._on_end = on_end
+        self._started: pb.ReplyEvent | None = None
+        self._finished: pb.ReplyEvent | None = None
+        self._failure: Exception | None = None
+        self._pieces: list[str] = []
+        # the offset just past each piece
+        self._ends: list[int] = []
+        self._end = 0
+        self._changed = asyncio.Event()
+        self.reader = asyncio.create_task(self._read(events), name="live-reply")
+        # a callback rather than the reader's own `finally`: a reader cancelled before it ran has none
+        self.reader.add_done_callback(self._ended)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _read(self, events: AsyncIterator[pb.ReplyEvent]) -> None:
+        try:
+            async for event in events:
+                kind = event.WhichOneof("event")
+                if kind == "started":
+                    self._started = event
+                elif kind == "delta":
+                    self._append(event.delta)
+                elif kind == "finished":
+                    self._finished = event
+                    return
+                self._notify()
+            raise LiveReplyLost("the owner's stream ended before `finished`")
+        except Exception as exc:
+            self._failure = exc
+        finally:
+            await close_events(events)
+
+    def _ended(self, reader: asyncio.Task[None]) -> None:
+        if self._finished is None and self._failure is None:
+            self._failure = LiveReplyLost("the shared stream was closed")
+        self._notify()
+        self._on_end()
+
+    def _append(self, delta: pb.ReplyDelta) -> None:
+        if delta.offset != self._end:
+            raise LiveReplyLost(f"the owner sent offset {delta.offset} where {self._end} was next")
+        if not delta.text:
+            return
+        self._end += len(delta.text)
+        if self._end > self._max_chars:
+            self.too_long = True
+            raise LiveReplyLost(f"the reply is longer than {self._max_chars} characters, more than is kept here")
+        self._pieces.append(delta.text)
+        self._ends.append(self._end)
+
+    def _text_after(self, offset: int) -> str:
+        first = bisect.bisect_right(self._ends, offset)
+        if first == len(self._pieces):
+            return ""
+        start = self._ends[first] - len(self._pieces[first])
+        return "".join(self._pieces[first:])[offset - start :]
+
+    def _lost(self) -> LiveReplyLost:
+        failure = self._failure
+        lost = LiveReplyLost(f"the owner's stream failed: {failure!r}")
+        lost.__cause__ = failure
+        return lost
+
+    async def events(self, offset: int) -> AsyncIterator[pb.ReplyEvent]:
+        """`started`, the text after `offset` merged as it comes, `finished`; or LiveReplyLost."""
+        while self._started is None:
+            if self._failure is not None:
+                raise self._lost()
+            await self._changed.wait()
+        yield self._started
+        sent = offset
+        while True:
+            changed = self._changed
+            text = self._text_after(sent)
+            if text:
+                yield pb.ReplyEvent(delta=pb.ReplyDelta(offset=sent, text=text))
+                sent += len(text)
+            elif self._finished is not None:
+                yield self._finished
+                return
+            elif self._failure is not None:
+                raise self._lost()
+            else:
+                await changed.wait()
+
+
+class LiveReplies:
+    """The shared owner streams of one gateway process, by owner, user and message."""
+
+    def __init__(self, watch: Watch, open_streams: Gauge, max_chars: int = MAX_LIVE_CHARS) -> None:
+        self._watch = watch
+        self._open_streams = open_streams
+        self._max_chars = max_chars
+        self._replies: dict[Key, _SharedReply] = {}
+        self._readers: set[asyncio.Task[None]] = set()
+        self._too_long: OrderedDict[Key, None] = OrderedDict()
+
+    async def follow(self, owner: str, user_id: str, message_id: str, offset: int) -> AsyncIterator[pb.ReplyEvent]:
+        """The message's events from `offset`, through the one stream this process keeps on `owner` for it."""
+        key = (owner, user_id, message_id)
+        if key in self._too_long:
+            raise LiveReplyLost(f"the reply is longer than {self._max_chars} characters, more than is kept here")
+        reply = self._replies.get(key)
+        if reply is None:
+            reply = self._open(key)
+        reply.followers += 1
+        try:
+            async for event in reply.events(offset):
+                yield event
+        finally:
+            reply.followers -= 1
+            if reply.followers == 0:
+                self._forget(key, reply)
+                # the reader ends itself when cancelled; nothing awaits it here, which may be a cancelled scope
+                reply.reader.cancel()
+
+    def _open(self, key: Key) -> _SharedReply:
+        owner, user_id, message_id = key
+        events = self._watch(owner, pb.WatchReplyRequest(user_id=user_id, message_id=message_id, offset=0))
+        self._open_streams.inc()
+
+        def ended() -> None:
+            self._open_streams.dec()
+            self._readers.discard(reply.reader)
+            self._forget(key, reply)
+            if reply.too_long:
+                self._too_long[key] = None
+                if len(self._too_long) > REMEMBERED_TOO_LONG:
+                    self._too_long.popitem(last=False)
+
+        reply = self._replies[key] = _SharedReply(events, self._max_chars, ended)
+        self._readers.add(reply.reader)
+        return reply
+
+    def _forget(self, key: Key, reply: _SharedReply) -> None:
+        """The next follower of the message opens a stream of its own."""
+        if self._replies.get(key) is reply:
+            del self._replies[key]
+
+    async def close(self) -> None:
+        """End every shared stream: its followers go on elsewhere, or end with the process."""
+        readers = list(self._readers)
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
