@@ -96,74 +96,78 @@ async def start_reply(
     Past `max_active_per_user` STREAMING replies of the user (0: no limit) nothing is written.
     owner_addr: where the owner serves the reply's live text (WatchReply), kept with the lease.
 
-    The statements are pipelined: each is sent without waiting for the one before, and the start waits
-    only where it needs a result to go on (a start in a conversation: its lock, key and busy check), then
-    for the rest together and for the COMMIT. A check that refuses after its statements ran rolls them back.
+    Inside the transaction the statements are pipelined: each is sent without waiting for the one before,
+    and the start waits only where it needs an answer to go on (a start in a conversation: its lock, key
+    and busy check), then for every other answer at the pipeline's end, checked before the COMMIT. A check
+    that refuses after later statements ran rolls them back with the transaction.
     """
-    async with pool.connection() as conn, conn.pipeline(), conn.transaction():
-        if conversation_id is None:
-            if request_id is not None and (attached := await _attached(conn, user_id, request_id)) is not None:
-                return attached
-            conversation_id = str(uuid.uuid4())
-            await conn.execute(
-                "INSERT INTO conversations (id, user_id, title) VALUES (%s, %s, %s)",
-                (conversation_id, user_id, _title(content)),
-            )
-        else:
-            if chat:
+    async with pool.connection() as conn, conn.transaction():
+        async with conn.pipeline():
+            if conversation_id is None:
+                if request_id is not None and (attached := await _attached(conn, user_id, request_id)) is not None:
+                    return attached
+                conversation_id = str(uuid.uuid4())
                 await conn.execute(
-                    "INSERT INTO conversations (id, user_id, title) VALUES (%s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                    "INSERT INTO conversations (id, user_id, title) VALUES (%s, %s, %s)",
                     (conversation_id, user_id, _title(content)),
                 )
-            locked = await conn.execute(
-                "SELECT id FROM conversations WHERE id = %s AND user_id = %s FOR UPDATE", (conversation_id, user_id)
+            else:
+                if chat:
+                    await conn.execute(
+                        "INSERT INTO conversations (id, user_id, title) VALUES (%s, %s, %s)"
+                        " ON CONFLICT (id) DO NOTHING",
+                        (conversation_id, user_id, _title(content)),
+                    )
+                locked = await conn.execute(
+                    "SELECT id FROM conversations WHERE id = %s AND user_id = %s FOR UPDATE", (conversation_id, user_id)
+                )
+                # after the lock: a retry that waited for its original's commit sees the key and attaches, never
+                # finding the original's reply in the way
+                keyed = None if request_id is None else await _find_key(conn, user_id, request_id)
+                busy = await conn.execute(
+                    "SELECT id FROM messages WHERE conversation_id = %s AND status = 'streaming'", (conversation_id,)
+                )
+                if await locked.fetchone() is None:
+                    raise conversation_not_found(conversation_id)
+                if keyed is not None and (attached := await _attached_by(conn, user_id, keyed)) is not None:
+                    return attached
+                _refuse_busy(conversation_id, await busy.fetchone())
+                await conn.execute(
+                    "UPDATE conversations SET updated_at = clock_timestamp() WHERE id = %s", (conversation_id,)
+                )
+            # the count is taken by a statement sent after the lock's, so it runs once the lock is held
+            active = await _count_active(conn, user_id) if max_active_per_user else None
+            if regenerate:
+                await _supersede_last_replies(conn, conversation_id)
+            else:
+                await conn.execute(
+                    "INSERT INTO messages (id, conversation_id, user_id, role, content, status, client_id)"
+                    " VALUES (%s, %s, %s, 'user', %s, 'complete', %s)",
+                    (str(uuid.uuid4()), conversation_id, user_id, content, client_message_id),
+                )
+            assistant_id = str(uuid.uuid4())
+            inserted = await conn.execute(
+                sql.SQL(
+                    "INSERT INTO messages AS m"
+                    " (id, conversation_id, user_id, role, status, model, lease_owner, owner_addr, lease_expires_at)"
+                    " VALUES (%s, %s, %s, 'assistant', 'streaming', %s, %s, %s,"
+                    " clock_timestamp() + make_interval(secs => %s)) RETURNING {}"
+                ).format(MESSAGE_COLUMNS),
+                (assistant_id, conversation_id, user_id, model, owner, owner_addr, lease_seconds),
             )
-            # after the lock: a retry that waited for its original's commit sees the key and attaches, never
-            # finding the original's reply in the way
-            keyed = None if request_id is None else await _find_key(conn, user_id, request_id)
-            busy = await conn.execute(
-                "SELECT id FROM messages WHERE conversation_id = %s AND status = 'streaming'", (conversation_id,)
+            key = None
+            if request_id is not None:
+                key = await conn.execute(
+                    "INSERT INTO request_keys (user_id, request_id, message_id) VALUES (%s, %s, %s)"
+                    " ON CONFLICT DO NOTHING RETURNING message_id",
+                    (user_id, request_id, assistant_id),
+                )
+            earlier = await conn.execute(
+                "SELECT role, content FROM messages WHERE conversation_id = %s AND id <> %s"
+                " AND NOT superseded AND (role = 'user' OR content <> '') ORDER BY seq",
+                (conversation_id, assistant_id),
             )
-            if await locked.fetchone() is None:
-                raise conversation_not_found(conversation_id)
-            if keyed is not None and (attached := await _attached_by(conn, user_id, keyed)) is not None:
-                return attached
-            _refuse_busy(conversation_id, await busy.fetchone())
-            await conn.execute(
-                "UPDATE conversations SET updated_at = clock_timestamp() WHERE id = %s", (conversation_id,)
-            )
-        # the count is taken by a statement sent after the lock's, so it runs once the lock is held
-        active = await _count_active(conn, user_id) if max_active_per_user else None
-        if regenerate:
-            await _supersede_last_replies(conn, conversation_id)
-        else:
-            await conn.execute(
-                "INSERT INTO messages (id, conversation_id, user_id, role, content, status, client_id)"
-                " VALUES (%s, %s, %s, 'user', %s, 'complete', %s)",
-                (str(uuid.uuid4()), conversation_id, user_id, content, client_message_id),
-            )
-        assistant_id = str(uuid.uuid4())
-        inserted = await conn.execute(
-            sql.SQL(
-                "INSERT INTO messages AS m"
-                " (id, conversation_id, user_id, role, status, model, lease_owner, owner_addr, lease_expires_at)"
-                " VALUES (%s, %s, %s, 'assistant', 'streaming', %s, %s, %s,"
-                " clock_timestamp() + make_interval(secs => %s)) RETURNING {}"
-            ).format(MESSAGE_COLUMNS),
-            (assistant_id, conversation_id, user_id, model, owner, owner_addr, lease_seconds),
-        )
-        key = None
-        if request_id is not None:
-            key = await conn.execute(
-                "INSERT INTO request_keys (user_id, request_id, message_id) VALUES (%s, %s, %s)"
-                " ON CONFLICT DO NOTHING RETURNING message_id",
-                (user_id, request_id, assistant_id),
-            )
-        earlier = await conn.execute(
-            "SELECT role, content FROM messages WHERE conversation_id = %s AND id <> %s"
-            " AND NOT superseded AND (role = 'user' OR content <> '') ORDER BY seq",
-            (conversation_id, assistant_id),
-        )
+        # the pipeline ended by sending what was queued and taking every answer
         if active is not None:
             await _refuse_past_limit(active, max_active_per_user)
         row = await inserted.fetchone()
