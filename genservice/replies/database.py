@@ -51,7 +51,7 @@ class Pool(AsyncConnectionPool[AsyncConnection[DictRow]]):
 
     async def _check_idle(self, conn: AsyncConnection[DictRow]) -> None:
         recent = time.monotonic() - self._returned_at.get(conn, -math.inf) < self.recent_seconds
-        if recent and not select.select([conn.fileno()], [], [], 0)[0]:
+        if recent and not _readable(conn):
             return
         await AsyncConnectionPool.check_connection(conn)
 
@@ -74,6 +74,13 @@ class Pool(AsyncConnectionPool[AsyncConnection[DictRow]]):
         self._lent -= 1
         self._moved_at = self._returned_at[conn] = time.monotonic()
         await super().putconn(conn)
+
+
+def _readable(conn: AsyncConnection[DictRow]) -> bool:
+    # poll, not select: a busy gateway's sockets have numbers past select's 1,024
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 # what a database that is down or restarting raises, or a session it ended for idling in a transaction (a process
