@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection, AsyncCursor, sql
 from psycopg.rows import DictRow
 
 from genservice.replies.database import Pool
@@ -95,85 +95,92 @@ async def start_reply(
     user message is saved; the reply answers the last one, whose earlier replies are superseded.
     Past `max_active_per_user` STREAMING replies of the user (0: no limit) nothing is written.
     owner_addr: where the owner serves the reply's live text (WatchReply), kept with the lease.
+
+    Inside the transaction the statements are pipelined: each is sent without waiting for the one before,
+    and the start waits only where it needs an answer to go on (a start in a conversation: its lock, key
+    and busy check), then for every other answer at the pipeline's end, checked before the COMMIT. A check
+    that refuses after later statements ran rolls them back with the transaction.
     """
     async with pool.connection() as conn, conn.transaction():
-        if conversation_id is None:
-            if request_id is not None and (attached := await _attached(conn, user_id, request_id)) is not None:
-                return attached
-            conversation_id = str(uuid.uuid4())
-            await conn.execute(
-                "INSERT INTO conversations (id, user_id, title) VALUES (%s, %s, %s)",
-                (conversation_id, user_id, _title(content)),
-            )
-        else:
-            if chat:
+        async with conn.pipeline():
+            if conversation_id is None:
+                if request_id is not None and (attached := await _attached(conn, user_id, request_id)) is not None:
+                    return attached
+                conversation_id = str(uuid.uuid4())
                 await conn.execute(
-                    "INSERT INTO conversations (id, user_id, title) VALUES (%s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                    "INSERT INTO conversations (id, user_id, title) VALUES (%s, %s, %s)",
                     (conversation_id, user_id, _title(content)),
                 )
-            await _lock_conversation(conn, user_id, conversation_id)
-            # after the lock: a retry that waited for its original's commit sees the key and attaches, never
-            # finding the original's reply in the way
-            if request_id is not None and (attached := await _attached(conn, user_id, request_id)) is not None:
-                return attached
-            await _refuse_busy(conn, conversation_id)
-            await conn.execute(
-                "UPDATE conversations SET updated_at = clock_timestamp() WHERE id = %s", (conversation_id,)
+            else:
+                if chat:
+                    await conn.execute(
+                        "INSERT INTO conversations (id, user_id, title) VALUES (%s, %s, %s)"
+                        " ON CONFLICT (id) DO NOTHING",
+                        (conversation_id, user_id, _title(content)),
+                    )
+                locked = await conn.execute(
+                    "SELECT id FROM conversations WHERE id = %s AND user_id = %s FOR UPDATE", (conversation_id, user_id)
+                )
+                # after the lock: a retry that waited for its original's commit sees the key and attaches, never
+                # finding the original's reply in the way
+                keyed = None if request_id is None else await _find_key(conn, user_id, request_id)
+                busy = await conn.execute(
+                    "SELECT id FROM messages WHERE conversation_id = %s AND status = 'streaming'", (conversation_id,)
+                )
+                if await locked.fetchone() is None:
+                    raise conversation_not_found(conversation_id)
+                if keyed is not None and (attached := await _attached_by(conn, user_id, keyed)) is not None:
+                    return attached
+                _refuse_busy(conversation_id, await busy.fetchone())
+                await conn.execute(
+                    "UPDATE conversations SET updated_at = clock_timestamp() WHERE id = %s", (conversation_id,)
+                )
+            # the count is taken by a statement sent after the lock's, so it runs once the lock is held
+            active = await _count_active(conn, user_id) if max_active_per_user else None
+            if regenerate:
+                await _supersede_last_replies(conn, conversation_id)
+            else:
+                await conn.execute(
+                    "INSERT INTO messages (id, conversation_id, user_id, role, content, status, client_id)"
+                    " VALUES (%s, %s, %s, 'user', %s, 'complete', %s)",
+                    (str(uuid.uuid4()), conversation_id, user_id, content, client_message_id),
+                )
+            assistant_id = str(uuid.uuid4())
+            inserted = await conn.execute(
+                sql.SQL(
+                    "INSERT INTO messages AS m"
+                    " (id, conversation_id, user_id, role, status, model, lease_owner, owner_addr, lease_expires_at)"
+                    " VALUES (%s, %s, %s, 'assistant', 'streaming', %s, %s, %s,"
+                    " clock_timestamp() + make_interval(secs => %s)) RETURNING {}"
+                ).format(MESSAGE_COLUMNS),
+                (assistant_id, conversation_id, user_id, model, owner, owner_addr, lease_seconds),
             )
-        if max_active_per_user:
-            await _check_user_limit(conn, user_id, max_active_per_user)
-        if regenerate:
-            await _supersede_last_replies(conn, conversation_id)
-        else:
-            await conn.execute(
-                "INSERT INTO messages (id, conversation_id, user_id, role, content, status, client_id)"
-                " VALUES (%s, %s, %s, 'user', %s, 'complete', %s)",
-                (str(uuid.uuid4()), conversation_id, user_id, content, client_message_id),
+            key = None
+            if request_id is not None:
+                key = await conn.execute(
+                    "INSERT INTO request_keys (user_id, request_id, message_id) VALUES (%s, %s, %s)"
+                    " ON CONFLICT DO NOTHING RETURNING message_id",
+                    (user_id, request_id, assistant_id),
+                )
+            earlier = await conn.execute(
+                "SELECT role, content FROM messages WHERE conversation_id = %s AND id <> %s"
+                " AND NOT superseded AND (role = 'user' OR content <> '') ORDER BY seq",
+                (conversation_id, assistant_id),
             )
-        cursor = await conn.execute(
-            sql.SQL(
-                "INSERT INTO messages AS m"
-                " (id, conversation_id, user_id, role, status, model, lease_owner, owner_addr, lease_expires_at)"
-                " VALUES (%s, %s, %s, 'assistant', 'streaming', %s, %s, %s,"
-                " clock_timestamp() + make_interval(secs => %s)) RETURNING {}"
-            ).format(MESSAGE_COLUMNS),
-            (str(uuid.uuid4()), conversation_id, user_id, model, owner, owner_addr, lease_seconds),
-        )
-        row = await cursor.fetchone()
+        # the pipeline ended by sending what was queued and taking every answer
+        if active is not None:
+            await _refuse_past_limit(active, max_active_per_user)
+        row = await inserted.fetchone()
         assert row is not None
         assistant = MessageRecord.from_row(row)
-        if request_id is not None:
-            cursor = await conn.execute(
-                "INSERT INTO request_keys (user_id, request_id, message_id) VALUES (%s, %s, %s)"
-                " ON CONFLICT DO NOTHING RETURNING message_id",
-                (user_id, request_id, assistant.id),
-            )
-            if await cursor.fetchone() is None:
-                # a concurrent retry committed the same key first: attach to its reply instead
-                raise RequestRace()
-        cursor = await conn.execute(
-            "SELECT role, content FROM messages WHERE conversation_id = %s AND id <> %s"
-            " AND NOT superseded AND (role = 'user' OR content <> '') ORDER BY seq",
-            (conversation_id, assistant.id),
-        )
-        history = [(Role(r["role"]), r["content"]) for r in await cursor.fetchall()]
+        if key is not None and await key.fetchone() is None:
+            # a concurrent retry committed the same key first: attach to its reply instead
+            raise RequestRace()
+        history = [(Role(r["role"]), r["content"]) for r in await earlier.fetchall()]
         return StartedReply(conversation_id, assistant, history, created=True, user_id=user_id)
 
 
-async def _lock_conversation(conn: AsyncConnection[DictRow], user_id: str, conversation_id: str) -> None:
-    """The user's conversation, locked for this start; NOT_FOUND when absent."""
-    cursor = await conn.execute(
-        "SELECT id FROM conversations WHERE id = %s AND user_id = %s FOR UPDATE", (conversation_id, user_id)
-    )
-    if await cursor.fetchone() is None:
-        raise conversation_not_found(conversation_id)
-
-
-async def _refuse_busy(conn: AsyncConnection[DictRow], conversation_id: str) -> None:
-    cursor = await conn.execute(
-        "SELECT id FROM messages WHERE conversation_id = %s AND status = 'streaming'", (conversation_id,)
-    )
-    busy = await cursor.fetchone()
+def _refuse_busy(conversation_id: str, busy: DictRow | None) -> None:
     if busy is not None:
         raise ReplyInProgress(
             f"message {busy['id']} is still streaming in conversation {conversation_id}; "
@@ -196,13 +203,16 @@ async def _supersede_last_replies(conn: AsyncConnection[DictRow], conversation_i
     )
 
 
-async def _check_user_limit(conn: AsyncConnection[DictRow], user_id: str, limit: int) -> None:
+async def _count_active(conn: AsyncConnection[DictRow], user_id: str) -> AsyncCursor[DictRow]:
     # one start of a user at a time counts, so two at once cannot both pass the limit
     await conn.execute("SELECT pg_advisory_xact_lock(%s::int, hashtext(%s))", (USER_LOCK_SPACE, user_id))
-    cursor = await conn.execute(
+    return await conn.execute(
         "SELECT count(*) AS active FROM messages WHERE user_id = %s AND status = 'streaming'", (user_id,)
     )
-    row = await cursor.fetchone()
+
+
+async def _refuse_past_limit(active: AsyncCursor[DictRow], limit: int) -> None:
+    row = await active.fetchone()
     if row is not None and row["active"] >= limit:
         raise ResourceExhausted(
             f"you have {limit} replies streaming, the limit; wait for one to end or stop one",
@@ -219,10 +229,19 @@ async def attach_to_request(pool: Pool, user_id: str, request_id: str) -> Starte
 
 async def _attached(conn: AsyncConnection[DictRow], user_id: str, request_id: str) -> StartedReply | None:
     """The reply already made for this request key, if any."""
-    cursor = await conn.execute(
+    return await _attached_by(conn, user_id, await _find_key(conn, user_id, request_id))
+
+
+async def _find_key(conn: AsyncConnection[DictRow], user_id: str, request_id: str) -> AsyncCursor[DictRow]:
+    return await conn.execute(
         "SELECT message_id FROM request_keys WHERE user_id = %s AND request_id = %s", (user_id, request_id)
     )
-    row = await cursor.fetchone()
+
+
+async def _attached_by(
+    conn: AsyncConnection[DictRow], user_id: str, keyed: AsyncCursor[DictRow]
+) -> StartedReply | None:
+    row = await keyed.fetchone()
     if row is None:
         return None
     existing = await message_of_user(conn, user_id, str(row["message_id"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import psycopg
 import pytest
 from psycopg_pool import PoolTimeout
 
@@ -35,3 +36,31 @@ async def _select_one(pool: Pool) -> int:
         row = await cursor.fetchone()
     assert row is not None
     return int(row["one"])
+
+
+async def test_a_connection_the_server_ended_is_replaced_whether_recent_or_idle(database_url: str) -> None:
+    async with open_pool(database_url, "tests-checked-pool", max_size=1) as pool:
+        first = await _backend_pid(pool)
+        assert await _backend_pid(pool) == first
+        await _terminate(database_url, first)
+        # returned a moment ago: no round trip, but the server's goodbye waits on its socket
+        pool.recent_seconds = 60
+        second = await _backend_pid(pool)
+        assert second != first
+        await _terminate(database_url, second)
+        # idle: checked with a round trip
+        pool.recent_seconds = 0
+        assert await _backend_pid(pool) not in (first, second)
+
+
+async def _backend_pid(pool: Pool) -> int:
+    async with pool.connection() as conn:
+        cursor = await conn.execute("SELECT pg_backend_pid() AS pid")
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row["pid"])
+
+
+async def _terminate(database_url: str, pid: int) -> None:
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
