@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## make the virtual env in .venv with every dependency
 
-run: $(STAMP) ## start Postgres, demo-llm (unless OPENAI_BASE_URL is set), genservice and gateway; Ctrl-C stops all
+run: $(STAMP) ## start Postgres, demo-llm (unless OPENAI_BASE_URL is set), a genservice and a gateway per core; Ctrl-C stops all
 	$(BIN)/python -m genservice.supervisor
 
 test: $(STAMP) proto-check ## run every test (installs Debian's chromium, and Node with the AI SDK client, where it can)
