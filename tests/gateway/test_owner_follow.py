@@ -51,6 +51,21 @@ async def saved_text(pool: Pool, message_id: str) -> str:
     return str(row["content"])
 
 
+async def until_saved(pool: Pool, message_id: str, chars: int) -> None:
+    async def saved() -> bool:
+        return len(await saved_text(pool, message_id)) == chars
+
+    await until(saved)
+
+
+def saved_error_text(events: list[Event]) -> str:
+    """The text of the `finished` that ends `events`, which must say ERROR."""
+    finished = events[-1]
+    assert finished.event == "finished"
+    assert finished.json()["message"]["status"] == "error"
+    return str(finished.json()["message"]["content"])
+
+
 @asynccontextmanager
 async def owner_and_gateway(
     database_url: str,
@@ -121,19 +136,13 @@ async def test_a_follower_whose_owner_dies_continues_from_postgres(
                     got = await read_text(events, HELD_AT)
                     assert await metric(client, "gateway_listener_subscriptions") == 0
 
-                    async def all_saved() -> bool:
-                        return len(await saved_text(pool, message_id)) == HELD_AT
-
-                    await until(all_saved)
+                    await until_saved(pool, message_id, HELD_AT)
                     owner.signal(signal.SIGKILL)
                     await owner.wait()
                     got += await read_rest(events)
                 assert await metric(client, 'gateway_owner_follows_total{outcome="failed_midway"}') == 1
-    finished = got[-1]
-    assert finished.event == "finished"
-    assert finished.json()["message"]["status"] == "error"
     # every character once, and exactly what was saved
-    assert joined(got, start=0) == finished.json()["message"]["content"] == reply_text(message)[:HELD_AT]
+    assert joined(got, start=0) == saved_error_text(got) == reply_text(message)[:HELD_AT]
 
 
 async def test_an_owner_that_does_not_answer_in_time_is_passed_over_for_postgres(
@@ -144,11 +153,7 @@ async def test_an_owner_that_does_not_answer_in_time_is_passed_over_for_postgres
         with model_server.gate() as gate:
             message = content("owner paused", f"[[len=1500 {gate.at(HELD_AT)}]]")
             async with reply_on(owner, message) as (_, message_id), http_client(gateway) as client:
-
-                async def all_saved() -> bool:
-                    return len(await saved_text(pool, message_id)) == HELD_AT
-
-                await until(all_saved)
+                await until_saved(pool, message_id, HELD_AT)
                 # paused: it accepts the connection and never answers; its lease runs out meanwhile
                 owner.signal(signal.SIGSTOP)
                 async with client.stream("GET", f"/v1/messages/{message_id}/events") as response:
@@ -156,10 +161,7 @@ async def test_an_owner_that_does_not_answer_in_time_is_passed_over_for_postgres
                     await read_started(events)
                     got = await read_rest(events)
                 assert await metric(client, 'gateway_owner_follows_total{outcome="not_started"}') == 1
-    finished = got[-1]
-    assert finished.event == "finished"
-    assert finished.json()["message"]["status"] == "error"
-    assert joined(got, start=0) == finished.json()["message"]["content"] == reply_text(message)[:HELD_AT]
+    assert joined(got, start=0) == saved_error_text(got) == reply_text(message)[:HELD_AT]
 
 
 async def test_an_owner_address_that_is_not_configured_is_never_dialled(
@@ -291,18 +293,12 @@ async def test_every_follower_of_a_shared_stream_continues_from_postgres_when_th
                         got.append((offset, events, await read_text(events, HELD_AT - offset, start=offset)))
                     assert await metric(client, "gateway_owner_streams") == 1
 
-                    async def all_saved() -> bool:
-                        return len(await saved_text(pool, message_id)) == HELD_AT
-
-                    await until(all_saved)
+                    await until_saved(pool, message_id, HELD_AT)
                     owner.signal(signal.SIGKILL)
                     await owner.wait()
                     for offset, events, backlog in got:
                         backlog += await read_rest(events)
-                        finished = backlog[-1]
-                        assert finished.event == "finished"
-                        assert finished.json()["message"]["status"] == "error"
-                        saved = finished.json()["message"]["content"]
+                        saved = saved_error_text(backlog)
                         assert saved == reply_text(message)[:HELD_AT]
                         assert joined(backlog, start=offset) == saved[offset:]
                 assert await metric(client, 'gateway_owner_follows_total{outcome="failed_midway"}') == len(offsets)
