@@ -50,7 +50,10 @@ bench: $(STAMP) ## benchmarks: concurrent replies (latency per reader, CPU, capa
 bench-quick: $(STAMP) ## the concurrent-replies benchmark at 1 and 100 streams (under 2 minutes)
 	$(BIN)/python -m bench.replies --quick
 
+bench-peer: $(STAMP) ## the concurrent-replies benchmark with the peer (resumable-stream + Redis) measured beside ours
+	$(BIN)/python -m bench.replies --peer $(BENCH_ARGS)
+
 clean: ## remove the virtual env and the embedded database
 	rm -rf $(VENV) .data
 
-.PHONY: help install run test proto proto-check lint bench bench-quick clean
+.PHONY: help install run test proto proto-check lint bench bench-quick bench-peer clean

@@ -1,14 +1,17 @@
-"""The product's processes, started as their console scripts with environment variables; Postgres; /proc sampling.
+"""The product's processes, started as their console scripts with environment variables; the peer; Postgres; /proc
+sampling.
 
 Every product process leads a process group of its own, logs to a file, and is ended (SIGTERM, then
 SIGKILL of the group) when the bench leaves. Postgres is DATABASE_URL when set, else an embedded server
-(the `pgserver` package) in a temporary directory, stopped and removed at the end.
+(the `pgserver` package) in a temporary directory, stopped and removed at the end. The peer (bench/peer)
+is one Node process, started and ended the same way, on the Redis of REDIS_URL (default the local one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -19,9 +22,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +85,13 @@ class Product:
         return [*self.genservices, *self.gateways_a, *self.gateways_b]
 
 
-def _spawn(name: str, script: str, env: Mapping[str, str], log_dir: Path, host: str, port: int) -> ProductProcess:
+def _spawn(
+    name: str, argv: Sequence[str], env: Mapping[str, str], log_dir: Path, host: str, port: int
+) -> ProductProcess:
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as output:
         popen = subprocess.Popen(
-            [str(console_script(script))],
+            list(argv),
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=output,
@@ -169,7 +175,9 @@ async def running_product(
         for index in range(genservices):
             port = free_port()
             env = {**base, "GENSERVICE_ADDR": f"127.0.0.1:{port}"}
-            product.genservices.append(_spawn(f"genservice-{index}", "genservice", env, log_dir, "127.0.0.1", port))
+            product.genservices.append(
+                _spawn(f"genservice-{index}", [str(console_script("genservice"))], env, log_dir, "127.0.0.1", port)
+            )
         # every gateway spreads its calls over every genservice, as under `make run`
         target = ",".join(genservice.addr for genservice in product.genservices)
         for side, gateways in (("a", product.gateways_a), ("b", product.gateways_b)):
@@ -177,12 +185,105 @@ async def running_product(
                 port = free_port()
                 name = f"gateway-{side}{index}"
                 env = {**base, "GATEWAY_ADDR": f"127.0.0.1:{port}", "GENSERVICE_TARGET": target, "GATEWAY_NAME": name}
-                gateways.append(_spawn(name, "gateway", env, log_dir, "127.0.0.1", port))
+                gateways.append(_spawn(name, [str(console_script("gateway"))], env, log_dir, "127.0.0.1", port))
         for gateway in [*product.gateways_a, *product.gateways_b]:
             await _until_healthy(gateway, product.processes)
         yield product
     finally:
         stop(product.processes)
+
+
+# the peer: resumable-stream with Redis in one Node process (bench/peer)
+
+PEER_DIR = Path(__file__).parent / "peer"
+REDIS_URL = "redis://127.0.0.1:6379"
+
+
+@dataclass
+class PeerSetup:
+    node: str
+    redis_url: str
+    # the local redis-server's pid, None when Redis runs elsewhere
+    redis_pid: int | None
+    # the installed resumable-stream's version
+    version: str
+
+    @property
+    def description(self) -> str:
+        return f"resumable-stream {self.version} with Redis ({self.redis_url}) in one Node process for both sides"
+
+
+def _redis_answers(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=3.0) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _pid_named(name: str) -> int | None:
+    """The oldest live process whose command is `name`, as `pgrep -o -x` finds it."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                comm = Path(f"/proc/{entry}/comm").read_text().strip()
+            except OSError:
+                continue
+            if comm == name:
+                pids.append(int(entry))
+    return min(pids) if pids else None
+
+
+def prepare_peer() -> PeerSetup:
+    """Node, the peer's node_modules (`npm ci` when absent) and a Redis that answers; else RuntimeError says why."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        raise RuntimeError("--peer needs Node.js 20+ and npm on PATH (Debian: apt-get install nodejs npm)")
+    lock = PEER_DIR / "package-lock.json"
+    installed = PEER_DIR / "node_modules" / ".package-lock.json"
+    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+        log.info("installing the peer's packages: npm ci --prefix %s", PEER_DIR)
+        done = subprocess.run(
+            [npm, "ci", "--prefix", str(PEER_DIR), "--no-audit", "--no-fund"],
+            stdout=sys.stderr,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"npm ci --prefix {PEER_DIR} failed with {done.returncode}")
+    url = os.environ.get("REDIS_URL", REDIS_URL)
+    if not _redis_answers(url):
+        raise RuntimeError(f"--peer needs a Redis server: none answers PING at {url} (set REDIS_URL)")
+    pid = _pid_named("redis-server")
+    if pid is None:
+        log.warning("redis-server does not run on this machine: its CPU and memory are not measured")
+    package = json.loads((PEER_DIR / "node_modules" / "resumable-stream" / "package.json").read_text())
+    return PeerSetup(node, url, pid, str(package["version"]))
+
+
+@contextlib.asynccontextmanager
+async def running_peer(
+    setup: PeerSetup, *, model_base_url: str, key_prefix: str, log_dir: Path
+) -> AsyncIterator[ProductProcess]:
+    """The peer's Node process answering /healthz; its Redis keys all start with key_prefix. Stopped on the way out."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {
+        **os.environ,
+        "MODEL_BASE_URL": model_base_url,
+        "REDIS_URL": setup.redis_url,
+        "KEY_PREFIX": key_prefix,
+        "PORT": str(port),
+    }
+    peer = _spawn("peer-node", [setup.node, str(PEER_DIR / "server.mjs")], env, log_dir, "127.0.0.1", port)
+    try:
+        await _until_healthy(peer, [])
+        yield peer
+    finally:
+        stop([peer])
 
 
 # Postgres

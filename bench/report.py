@@ -115,31 +115,45 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_LEVEL_HEADERS = ("streams", "origin p50/p99/max ms", "follower p50/p99/max", "late joiner p50/p99/max", "exact?")
+
+
+def _level_cells(level: LevelResult) -> list[str]:
+    exact = "yes" if level.exact else f"NO {level.exact_streams}/{level.streams}"
+    streams = f"{level.streams}" + ("*" if level.purpose == "search" else "")
+    return [streams, *(level.latency_ms[name].triple() for name in READER_CLASSES), exact]
+
+
 def level_table(levels: Sequence[LevelResult], watched: Sequence[str]) -> str:
     headers = [
-        "streams",
-        "origin p50/p99/max ms",
-        "follower p50/p99/max",
-        "late joiner p50/p99/max",
-        "exact?",
+        *_LEVEL_HEADERS,
         *(f"{_short(name)} CPU%" for name in watched),
         "RSS MiB " + "/".join(_short(name) for name in watched),
         "CPU µs/token",
     ]
     rows = []
     for level in sorted(levels, key=lambda each: each.streams):
-        exact = "yes" if level.exact else f"NO {level.exact_streams}/{level.streams}"
         rows.append(
             [
-                f"{level.streams}" + ("*" if level.purpose == "search" else ""),
-                *(level.latency_ms[name].triple() for name in READER_CLASSES),
-                exact,
+                *_level_cells(level),
                 *(f"{level.cpu_percent.get(name, math.nan):.0f}" for name in watched),
                 "/".join(f"{level.rss_mib.get(name, math.nan):.0f}" for name in watched),
                 f"{level.cpu_us_per_token:.0f}",
             ]
         )
     return _table(headers, rows)
+
+
+def comparison_table(systems: Sequence[tuple[str, Sequence[LevelResult], Sequence[str]]]) -> str:
+    """Every level of every system (name, levels, its processes) side by side; CPU% sums that of its processes."""
+    headers = ["system", *_LEVEL_HEADERS, "CPU%", "CPU µs/token"]
+    rows = []
+    for order, (system, levels, processes) in enumerate(systems):
+        for level in levels:
+            cpu = sum(level.cpu_percent.get(name, math.nan) for name in processes)
+            cells = [system, *_level_cells(level), f"{cpu:.0f}", f"{level.cpu_us_per_token:.0f}"]
+            rows.append(((level.streams, order), cells))
+    return _table(headers, [cells for _, cells in sorted(rows, key=lambda each: each[0])])
 
 
 def baseline_table(baselines: Sequence[BaselineResult]) -> str:

@@ -368,7 +368,9 @@ class Runner:
 
     # one unpaced stream
 
-    async def unpaced(self, tokens: int, gateway: Address | None, timeout: float) -> ThroughputResult:
+    async def unpaced(
+        self, tokens: int, gateway: Address | None, timeout: float, via: str = "the product"
+    ) -> ThroughputResult:
         """One stream as fast as the model can write it, read via the gateway (origin) or bare (gateway None)."""
         self._level += 1
         plan = StreamPlan(key=self._key(0), tokens=self.model.take_tokens(tokens), interval=0.0)
@@ -382,7 +384,7 @@ class Runner:
             host, port = gateway
             request = post_request(host, port, "/v1/replies", {"content": stream_content(plan.key)})
             origin = ReplyReader(request, tokens, TOKEN_CHARS)
-            reader, received, name = origin, origin.received, "origin via the product"
+            reader, received, name = origin, origin.received, f"origin via {via}"
         await reader.open(host, port)
         try:
             async with asyncio.timeout(timeout):
