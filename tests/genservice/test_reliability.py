@@ -171,6 +171,32 @@ async def test_an_unreachable_model_ends_error_with_a_reason(genservice_config):
     assert "could not reach the model" in final.error
 
 
+async def test_a_model_that_accepts_and_never_answers_ends_error_in_time(genservice_config):
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    silent = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    config = dataclasses.replace(
+        genservice_config, openai_base_url=f"http://127.0.0.1:{port}/v1", model_max_retries=0, model_idle_timeout=0.5
+    )
+    try:
+        async with running_service(config) as service, grpc.aio.insecure_channel(service.target) as channel:
+            events = await collect(
+                pb_grpc.GenerationServiceStub(channel).StreamReply(pb.StreamReplyRequest(user_id=user(), content="hi"))
+            )
+    finally:
+        for writer in held:
+            writer.close()
+        silent.close()
+        await silent.wait_closed()
+    final = events[-1].finished.message
+    assert final.status == pb.MESSAGE_STATUS_ERROR
+    assert final.error == "the model did not answer in time"
+
+
 async def test_a_session_idle_in_a_transaction_is_ended_after_the_bound(database_url: str, pool: Pool) -> None:
     """genservice's connections carry idle_in_transaction_session_timeout and keep the URL's own options; what the
     ended session then raises counts as a database outage (retried), not as a bug."""
