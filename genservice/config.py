@@ -41,6 +41,10 @@ class GenServiceConfig:
     save_every_chars: int = 200
     # a save waits at most this long for more text; it also bounds how late followers elsewhere are
     save_max_delay: float = 0.05
+    # past this many replies running in the process, each reply's deltas go out at most once per
+    # busy_delta_interval, merged: a caller's message costs about the same whatever its length
+    busy_replies: int = 24
+    busy_delta_interval: float = 0.04
     lease_seconds: float = 15.0
     shutdown_grace_seconds: float = 10.0
     model_idle_timeout: float = 60.0
@@ -85,6 +89,8 @@ class GenServiceConfig:
             openai_model=env_str(env, "OPENAI_MODEL", cls.openai_model),
             save_every_chars=env_int(env, "SAVE_EVERY_CHARS", cls.save_every_chars),
             save_max_delay=env_float(env, "SAVE_MAX_DELAY_MS", cls.save_max_delay * 1000, minimum=1) / 1000,
+            busy_replies=env_int(env, "BUSY_REPLIES", cls.busy_replies, minimum=0),
+            busy_delta_interval=env_float(env, "BUSY_DELTA_INTERVAL_MS", cls.busy_delta_interval * 1000) / 1000,
             lease_seconds=env_float(env, "LEASE_SECONDS", cls.lease_seconds, minimum=0.5),
             shutdown_grace_seconds=env_float(env, "SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds),
             model_idle_timeout=env_float(env, "MODEL_IDLE_TIMEOUT_SECONDS", cls.model_idle_timeout, minimum=0.1),

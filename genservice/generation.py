@@ -4,14 +4,20 @@ A caller's cancellation ends its subscription and nothing else. A stop is an eve
 on beside the model's stream; the first reason given wins.
 
 Followers share the reply's own list of pieces: each remembers how many it has sent, and when it
-wakes it takes everything after that as one delta. A follower that falls behind costs nothing while
-it is behind and gets its whole backlog at once; appending a piece never waits for anyone.
+wakes it takes everything published after that as one delta. A follower that falls behind costs
+nothing while it is behind and gets its whole backlog at once; appending a piece never waits for
+anyone.
+
+Under load a reply's pieces are published at most once per `pace()` seconds (0: each at once), so
+that every caller's stream carries one merged delta per interval instead of one message per token:
+each message costs its sender, the gateway and the browser's socket about the same whatever its
+length. The end is published at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from enum import Enum
 
 from genservice.replies.records import MessageRecord, Role
@@ -31,8 +37,12 @@ class Abandoned(Exception):
     """The end is not known here (the message ended elsewhere): the follower goes on from Postgres."""
 
 
+def unpaced() -> float:
+    return 0.0
+
+
 class Generation:
-    def __init__(self, reply: StartedReply) -> None:
+    def __init__(self, reply: StartedReply, pace: Callable[[], float] = unpaced) -> None:
         self.message_id = reply.assistant.id
         self.user_id = reply.user_id
         self.conversation_id = reply.conversation_id
@@ -40,6 +50,11 @@ class Generation:
         self.history: list[tuple[Role, str]] = reply.history
         self._parts: list[str] = []
         self.length = 0
+        # pieces followers may take: all of them but those waiting for the next paced publish
+        self._published = 0
+        self._published_at = float("-inf")
+        self._pace = pace
+        self._due: asyncio.TimerHandle | None = None
         self.final: MessageRecord | None = None
         self._abandoned = False
         # set and replaced on every change, while someone waits for one
@@ -66,6 +81,15 @@ class Generation:
     def append(self, text: str) -> None:
         self._parts.append(text)
         self.length += len(text)
+        if self._due is not None:
+            return
+        interval = self._pace()
+        if interval:
+            loop = asyncio.get_running_loop()
+            wait = self._published_at + interval - loop.time()
+            if wait > 0:
+                self._due = loop.call_later(wait, self._publish)
+                return
         self._publish()
 
     def end(self, record: MessageRecord) -> None:
@@ -78,6 +102,11 @@ class Generation:
         self._publish()
 
     def _publish(self) -> None:
+        if self._due is not None:
+            self._due.cancel()
+            self._due = None
+        self._published = len(self._parts)
+        self._published_at = asyncio.get_running_loop().time()
         if self._waiting:
             changed, self._changed = self._changed, asyncio.Event()
             changed.set()
@@ -113,6 +142,8 @@ class Generation:
                 raise Abandoned
             else:
                 await self._change()
-            # whatever came while this follower waited or was busy with its last delta
-            backlog = "".join(self._parts[parts:])
-            parts = len(self._parts)
+            # whatever was published while this follower waited or was busy with its last delta (it
+            # attached with every piece there was, published or not)
+            published = max(parts, self._published)
+            backlog = "".join(self._parts[parts:published])
+            parts = published

@@ -96,7 +96,7 @@ class Generations:
                 self._no_admitted.set()
 
     def launch(self, reply: StartedReply) -> Generation:
-        generation = Generation(reply)
+        generation = Generation(reply, self._pace)
         if self._drained_admissions:
             # admitted before the drain began, launched after it stopped waiting: end it now, as the drain would
             generation.request_stop(StopReason.SHUTDOWN)
@@ -106,6 +106,10 @@ class Generations:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return generation
+
+    def _pace(self) -> float:
+        """How often a reply's followers are woken: at once, unless this process runs more than BUSY_REPLIES."""
+        return self._config.busy_delta_interval if len(self._running) > self._config.busy_replies else 0.0
 
     def running_ids(self) -> list[str]:
         return list(self._running)

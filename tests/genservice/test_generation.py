@@ -17,8 +17,10 @@ def record(content: str, status: Status) -> MessageRecord:
     return MessageRecord("m", "c", Role.ASSISTANT, content, status, "", "demo", "", None, now, now)
 
 
-def generation() -> Generation:
-    return Generation(StartedReply("c", record("", Status.STREAMING), [(Role.USER, "hi")], created=True, user_id="u"))
+def generation(pace: float = 0.0) -> Generation:
+    return Generation(
+        StartedReply("c", record("", Status.STREAMING), [(Role.USER, "hi")], created=True, user_id="u"), lambda: pace
+    )
 
 
 async def test_a_follower_that_did_not_read_gets_its_whole_backlog_as_one_delta() -> None:
@@ -78,3 +80,39 @@ async def test_a_follower_from_an_offset_past_the_text_so_far_gets_only_what_com
     reply.end(record(reply.text, Status.COMPLETE))
     final = await anext(follower)
     assert isinstance(final, MessageRecord)
+
+
+async def test_a_paced_generation_holds_pieces_for_its_interval_and_publishes_its_end_at_once() -> None:
+    # an interval no test outlasts: a piece held past the end would hang the follower
+    reply = generation(pace=3600.0)
+    follower = reply.follow(0)
+    reply.append("ab")
+    async with asyncio.timeout(5):
+        assert await anext(follower) == (0, "ab")
+        waiting = asyncio.ensure_future(anext(follower))
+        reply.append("cd")
+        reply.append("ef")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not waiting.done()
+        # a follower attaching now gets every piece, published or not
+        late = reply.follow(1)
+        assert await anext(late) == (1, "bcdef")
+        reply.end(record(reply.text, Status.COMPLETE))
+        assert await waiting == (2, "cdef")
+        for each in (follower, late):
+            final = await anext(each)
+            assert isinstance(final, MessageRecord) and final.content == "abcdef"
+
+
+async def test_a_paced_generation_merges_what_comes_within_its_interval() -> None:
+    reply = generation(pace=0.05)
+    follower = reply.follow(0)
+    loop = asyncio.get_running_loop()
+    reply.append("a")
+    assert await anext(follower) == (0, "a")
+    published = loop.time()
+    reply.append("b")
+    reply.append("c")
+    assert await anext(follower) == (1, "bc")
+    assert loop.time() - published >= 0.04
