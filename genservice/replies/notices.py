@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +21,9 @@ CHANNEL = "genservice_events"
 MAX_OFFSET = 2**31 - 1
 _REQUIRED = {"m", "s", "e", "ts"}
 _OPTIONAL = {"c"}
+_STATUSES = {status.value: status for status in Status}
+# the form str(uuid.UUID(...)) gives: lower-case hex in 8-4-4-4-12
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,9 @@ class Notice:
         if not isinstance(data, dict) or not _REQUIRED <= data.keys() <= _REQUIRED | _OPTIONAL:
             return None
         message_id, status, end, sent_at = data["m"], data["s"], data["e"], data["ts"]
-        if not isinstance(message_id, str) or not _canonical_uuid(message_id):
+        if not isinstance(message_id, str) or _CANONICAL_UUID.fullmatch(message_id) is None:
             return None
-        if not isinstance(status, str) or status not in {s.value for s in Status}:
+        if not isinstance(status, str) or status not in _STATUSES:
             return None
         if type(end) is not int or not 0 <= end <= MAX_OFFSET:
             return None
@@ -68,14 +71,7 @@ class Notice:
             return None
         if data.get("c", 1) != 1 or type(data.get("c", 1)) is not int:
             return None
-        return cls(message_id, Status(status), end, "c" in data, float(sent_at))
-
-
-def _canonical_uuid(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
+        return cls(message_id, _STATUSES[status], end, "c" in data, float(sent_at))
 
 
 def says_more_than(notices: Sequence[Notice], sent: int) -> bool:
