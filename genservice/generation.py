@@ -8,18 +8,17 @@ wakes it takes everything published after that as one delta. A follower that fal
 nothing while it is behind and gets its whole backlog at once; appending a piece never waits for
 anyone.
 
-Under load a reply's pieces are published at most once per `pace()` seconds (0: each at once), so
-that every caller's stream carries one merged delta per interval instead of one message per token:
-each message costs its sender, the gateway and the browser's socket about the same whatever its
-length. The end is published at once.
+Under load a reply's pieces are published on the process's shared tick (pacing), not one by one;
+the end is published at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from enum import Enum
 
+from genservice.pacing import Ticker
 from genservice.replies.records import MessageRecord, Role
 from genservice.writes import StartedReply
 
@@ -37,12 +36,8 @@ class Abandoned(Exception):
     """The end is not known here (the message ended elsewhere): the follower goes on from Postgres."""
 
 
-def unpaced() -> float:
-    return 0.0
-
-
 class Generation:
-    def __init__(self, reply: StartedReply, pace: Callable[[], float] = unpaced) -> None:
+    def __init__(self, reply: StartedReply, ticker: Ticker | None = None) -> None:
         self.message_id = reply.assistant.id
         self.user_id = reply.user_id
         self.conversation_id = reply.conversation_id
@@ -50,11 +45,10 @@ class Generation:
         self.history: list[tuple[Role, str]] = reply.history
         self._parts: list[str] = []
         self.length = 0
-        # pieces followers may take: all of them but those waiting for the next paced publish
+        # pieces followers may take: all of them but those held for the ticker's next tick
         self._published = 0
-        self._published_at = float("-inf")
-        self._pace = pace
-        self._due: asyncio.TimerHandle | None = None
+        self._ticker = ticker or Ticker()
+        self._held = False
         self.final: MessageRecord | None = None
         self._abandoned = False
         # set and replaced on every change, while someone waits for one
@@ -81,16 +75,10 @@ class Generation:
     def append(self, text: str) -> None:
         self._parts.append(text)
         self.length += len(text)
-        if self._due is not None:
-            return
-        interval = self._pace()
-        if interval:
-            loop = asyncio.get_running_loop()
-            wait = self._published_at + interval - loop.time()
-            if wait > 0:
-                self._due = loop.call_later(wait, self._publish)
-                return
-        self._publish()
+        if not self._held:
+            self._held = self._ticker.hold(self._publish)
+            if not self._held:
+                self._publish()
 
     def end(self, record: MessageRecord) -> None:
         self.final = record
@@ -102,11 +90,9 @@ class Generation:
         self._publish()
 
     def _publish(self) -> None:
-        if self._due is not None:
-            self._due.cancel()
-            self._due = None
+        # also the tick's call after an end published everything: then it wakes no one
+        self._held = False
         self._published = len(self._parts)
-        self._published_at = asyncio.get_running_loop().time()
         if self._waiting:
             changed, self._changed = self._changed, asyncio.Event()
             changed.set()

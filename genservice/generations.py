@@ -17,6 +17,7 @@ from genservice.batcher import SaveBatcher
 from genservice.config import GenServiceConfig
 from genservice.generation import Generation, StopReason
 from genservice.model import ModelFailure, stream_reply
+from genservice.pacing import Ticker
 from genservice.replies import queries
 from genservice.replies.backoff import Backoff
 from genservice.replies.database import DATABASE_ERRORS, Pool
@@ -61,6 +62,7 @@ class Generations:
         # where gateways dial this process for its replies' live text
         self.owner_addr = owner_addr
         self._running: dict[str, Generation] = {}
+        self._ticker = Ticker(self._pace)
         self._tasks: set[asyncio.Task[None]] = set()
         self.accepting = True
         # set once the drain stopped waiting for admitted starts: a start launched later is not waited for
@@ -96,7 +98,7 @@ class Generations:
                 self._no_admitted.set()
 
     def launch(self, reply: StartedReply) -> Generation:
-        generation = Generation(reply, self._pace)
+        generation = Generation(reply, self._ticker)
         if self._drained_admissions:
             # admitted before the drain began, launched after it stopped waiting: end it now, as the drain would
             generation.request_stop(StopReason.SHUTDOWN)
@@ -108,7 +110,7 @@ class Generations:
         return generation
 
     def _pace(self) -> float:
-        """How often a reply's followers are woken: at once, unless this process runs more than BUSY_REPLIES."""
+        """Seconds between publishes of new text: none (at once) unless this process runs more than BUSY_REPLIES."""
         return self._config.busy_delta_interval if len(self._running) > self._config.busy_replies else 0.0
 
     def running_ids(self) -> list[str]:

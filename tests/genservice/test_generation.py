@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from genservice.generation import Abandoned, Generation
+from genservice.pacing import Ticker
 from genservice.replies.records import MessageRecord, Role, Status
 from genservice.writes import StartedReply
 
@@ -17,9 +18,9 @@ def record(content: str, status: Status) -> MessageRecord:
     return MessageRecord("m", "c", Role.ASSISTANT, content, status, "", "demo", "", None, now, now)
 
 
-def generation(pace: float = 0.0) -> Generation:
+def generation(ticker: Ticker | None = None) -> Generation:
     return Generation(
-        StartedReply("c", record("", Status.STREAMING), [(Role.USER, "hi")], created=True, user_id="u"), lambda: pace
+        StartedReply("c", record("", Status.STREAMING), [(Role.USER, "hi")], created=True, user_id="u"), ticker
     )
 
 
@@ -82,37 +83,43 @@ async def test_a_follower_from_an_offset_past_the_text_so_far_gets_only_what_com
     assert isinstance(final, MessageRecord)
 
 
-async def test_a_paced_generation_holds_pieces_for_its_interval_and_publishes_its_end_at_once() -> None:
-    # an interval no test outlasts: a piece held past the end would hang the follower
-    reply = generation(pace=3600.0)
+async def test_a_paced_generation_holds_pieces_for_the_tick_and_publishes_its_end_at_once() -> None:
+    # a tick no test outlasts: a piece held past the end would hang the follower
+    reply = generation(Ticker(lambda: 3600.0))
     follower = reply.follow(0)
-    reply.append("ab")
     async with asyncio.timeout(5):
-        assert await anext(follower) == (0, "ab")
         waiting = asyncio.ensure_future(anext(follower))
+        await asyncio.sleep(0)
+        reply.append("ab")
         reply.append("cd")
-        reply.append("ef")
         for _ in range(5):
             await asyncio.sleep(0)
         assert not waiting.done()
         # a follower attaching now gets every piece, published or not
         late = reply.follow(1)
-        assert await anext(late) == (1, "bcdef")
+        assert await anext(late) == (1, "bcd")
+        reply.append("ef")
         reply.end(record(reply.text, Status.COMPLETE))
-        assert await waiting == (2, "cdef")
+        assert await waiting == (0, "abcdef")
+        assert await anext(late) == (4, "ef")
         for each in (follower, late):
             final = await anext(each)
             assert isinstance(final, MessageRecord) and final.content == "abcdef"
 
 
-async def test_a_paced_generation_merges_what_comes_within_its_interval() -> None:
-    reply = generation(pace=0.05)
-    follower = reply.follow(0)
+async def test_paced_generations_publish_together_on_one_tick() -> None:
+    ticker = Ticker(lambda: 0.05)
+    replies = [generation(ticker), generation(ticker)]
+    waiting = [asyncio.ensure_future(anext(reply.follow(0))) for reply in replies]
+    await asyncio.sleep(0)
     loop = asyncio.get_running_loop()
-    reply.append("a")
-    assert await anext(follower) == (0, "a")
-    published = loop.time()
-    reply.append("b")
-    reply.append("c")
-    assert await anext(follower) == (1, "bc")
-    assert loop.time() - published >= 0.04
+    held = loop.time()
+    for reply, piece in zip(replies, ("a", "b"), strict=True):
+        reply.append(piece)
+        reply.append(piece.upper())
+    assert await asyncio.gather(*waiting) == [(0, "aA"), (0, "bB")]
+    assert loop.time() - held >= 0.04
+    unpaced = generation(Ticker(lambda: 0.0))
+    follower = unpaced.follow(0)
+    unpaced.append("now")
+    assert await anext(follower) == (0, "now")
