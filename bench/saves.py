@@ -21,6 +21,7 @@ from pathlib import Path
 
 from genservice import writes
 from genservice.batcher import SaveBatcher
+from genservice.config import GenServiceConfig
 from genservice.replies.database import Pool, open_pool, postgres_url
 from genservice.replies.migrations import migrate
 from genservice.replies.notices import CHANNEL
@@ -109,7 +110,16 @@ async def per_generation_commits(pool: Pool, ids: list[str], seconds: float) -> 
 
 
 async def batched_commits(pool: Pool, ids: list[str], seconds: float) -> tuple[int, int]:
-    batcher = SaveBatcher(pool, OWNER, save_every_chars=SAVE_EVERY, max_delay=0.05, lease_seconds=600)
+    defaults = GenServiceConfig()
+    batcher = SaveBatcher(
+        pool,
+        OWNER,
+        save_every_chars=SAVE_EVERY,
+        max_delay=defaults.save_max_delay,
+        busy_replies=defaults.busy_replies,
+        busy_max_delay=defaults.busy_save_delay,
+        lease_seconds=600,
+    )
     for message_id in ids:
         batcher.track(message_id, lambda: None)
     runner = asyncio.create_task(batcher.run())

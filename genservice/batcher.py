@@ -1,7 +1,9 @@
 """The save batcher: one task per process writes the pending text of all its generations in one transaction.
 
 Notifying commits are serialised cluster-wide, so their rate must not grow with the number of
-generations: text is gathered and written at most SAVE_MAX_DELAY_MS after it came, or sooner when a
+generations: text is gathered and written at most SAVE_MAX_DELAY_MS after it came (BUSY_SAVE_DELAY_MS
+while the process runs more than BUSY_REPLIES: each save is a row, a NOTIFY and a notice every
+listener decodes, and a busy process's followers read its memory, not its saves), or sooner when a
 generation has SAVE_EVERY_CHARS pending, but never more than one commit per MIN_COMMIT_SECONDS per
 process, however many generations run. Pieces are cut once and resent unchanged after a failure,
 so a commit whose outcome was unknown is retried without a gap or a double."""
@@ -48,12 +50,16 @@ class SaveBatcher:
         *,
         save_every_chars: int,
         max_delay: float,
+        busy_replies: int,
+        busy_max_delay: float,
         lease_seconds: float,
     ) -> None:
         self._pool = pool
         self._owner = owner
         self._save_every = save_every_chars
         self._max_delay = max_delay
+        self._busy_replies = busy_replies
+        self._busy_max_delay = busy_max_delay
         self._lease_seconds = lease_seconds
         self._pending: dict[str, _Pending] = {}
         self._wake = asyncio.Event()
@@ -80,8 +86,9 @@ class SaveBatcher:
         loop = asyncio.get_running_loop()
         last = loop.time()
         while True:
+            busy = len(self._pending) > self._busy_replies
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(last + self._max_delay):
+                async with asyncio.timeout_at(last + (self._busy_max_delay if busy else self._max_delay)):
                     await self._wake.wait()
             await asyncio.sleep(last + MIN_COMMIT_SECONDS - loop.time())
             self._wake.clear()

@@ -45,6 +45,8 @@ class GenServiceConfig:
     # busy_delta_interval, merged: a caller's message costs about the same whatever its length
     busy_replies: int = 24
     busy_delta_interval: float = 0.04
+    # and saves wait up to this long for more text (SAVE_EVERY_CHARS still saves sooner)
+    busy_save_delay: float = 0.25
     lease_seconds: float = 15.0
     shutdown_grace_seconds: float = 10.0
     model_idle_timeout: float = 60.0
@@ -91,6 +93,7 @@ class GenServiceConfig:
             save_max_delay=env_float(env, "SAVE_MAX_DELAY_MS", cls.save_max_delay * 1000, minimum=1) / 1000,
             busy_replies=env_int(env, "BUSY_REPLIES", cls.busy_replies, minimum=0),
             busy_delta_interval=env_float(env, "BUSY_DELTA_INTERVAL_MS", cls.busy_delta_interval * 1000) / 1000,
+            busy_save_delay=env_float(env, "BUSY_SAVE_DELAY_MS", cls.busy_save_delay * 1000, minimum=1) / 1000,
             lease_seconds=env_float(env, "LEASE_SECONDS", cls.lease_seconds, minimum=0.5),
             shutdown_grace_seconds=env_float(env, "SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds),
             model_idle_timeout=env_float(env, "MODEL_IDLE_TIMEOUT_SECONDS", cls.model_idle_timeout, minimum=0.1),

@@ -117,6 +117,8 @@ async def running_service(config: GenServiceConfig) -> AsyncIterator[RunningServ
                 owner,
                 save_every_chars=config.save_every_chars,
                 max_delay=config.save_max_delay,
+                busy_replies=config.busy_replies,
+                busy_max_delay=config.busy_save_delay,
                 lease_seconds=config.lease_seconds,
             )
             saver = await stack.enter_async_context(background("save-batcher", batcher.run))
