@@ -32,8 +32,9 @@ class GatewayMetrics:
         self.errors = Counter("gateway_errors", "Error responses, by code", ["code"], registry=registry)
         self.owner_follows = Counter(
             "gateway_owner_follows",
-            "Follows of a live reply tried on its owner, by outcome: finished there; not_started (unreachable or"
-            " slow to start) or failed_midway, both continued through Postgres",
+            "Follows of a live reply tried on its owner, by outcome: finished there; not_started (unreachable) or"
+            " failed_midway, both continued through Postgres; slow_start: read Postgres while the owner was slow"
+            " to start, and moved to it when it answered",
             ["outcome"],
             registry=registry,
         )

@@ -164,6 +164,35 @@ async def test_an_owner_that_does_not_answer_in_time_is_passed_over_for_postgres
     assert joined(got, start=0) == saved_error_text(got) == reply_text(message)[:HELD_AT]
 
 
+async def test_a_follower_of_an_owner_slow_to_start_reads_postgres_meanwhile_then_moves_to_the_owner(
+    database_url: str, pool: Pool, model_server: ModelServer, genservice_target: str
+) -> None:
+    started = owner_and_gateway(database_url, model_server, genservice_target, NEVER_SAVED, 0.5)
+    async with started as (owner, gateway), http_client(gateway) as client:
+        with model_server.gate() as first_gate, model_server.gate() as gate:
+            first = content("owner busy", f"[[len=100 {first_gate.at(10)}]]")
+            message = content("owner slow", f"[[len=1500 {gate.at(HELD_AT)}]]")
+            async with reply_on(owner, first) as (_, first_id), following(client, first_id, 0):
+                # the gateway's connection to the owner is up; paused, the owner takes new calls and never answers
+                async with reply_on(owner, message) as (_, message_id):
+                    owner.signal(signal.SIGSTOP)
+                    async with client.stream("GET", f"/v1/messages/{message_id}/events") as response:
+                        events = stream_events(response)
+                        # from Postgres after the start bound; no text, since none is saved
+                        await read_started(events)
+                        assert await metric(client, 'gateway_owner_follows_total{outcome="slow_start"}') == 1
+                        owner.signal(signal.SIGCONT)
+                        # text that Postgres does not have: the follow moved to the owner once it answered
+                        got = await read_text(events, HELD_AT)
+                        assert await saved_text(pool, message_id) == ""
+                        gate.release()
+                        got += await read_rest(events)
+                    assert await metric(client, 'gateway_owner_follows_total{outcome="finished"}') == 1
+                first_gate.release()
+    assert got[-1].event == "finished"
+    assert joined(got, start=0) == reply_text(message) == got[-1].json()["message"]["content"]
+
+
 async def test_an_owner_address_that_is_not_configured_is_never_dialled(
     gateway: RunningGateway,
     client: httpx2.AsyncClient,
