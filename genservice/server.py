@@ -64,6 +64,9 @@ ENVIRONMENT_HELP = """environment:
   OPENAI_MODEL                 model when a request names none (demo)
   SAVE_EVERY_CHARS             a save at least every this many characters (200)
   SAVE_MAX_DELAY_MS            and at most this long after new text (50); 20 save commits a second at most
+  BUSY_REPLIES                 past this many replies running here, the process is busy (24)
+  BUSY_DELTA_INTERVAL_MS       a busy process sends new text to callers on one tick this often, merged (40; 0: never)
+  BUSY_SAVE_DELAY_MS           a busy process's SAVE_MAX_DELAY_MS (250)
   LEASE_SECONDS                a generation's lease; a dead owner's message ends ERROR after about 4/3 of it (15)
   SHUTDOWN_GRACE_SECONDS       time running replies get to finish on SIGTERM (10)
   MODEL_IDLE_TIMEOUT_SECONDS   longest silence from the model (60)
