@@ -68,7 +68,7 @@ class ReplyInProgress(FailedPrecondition):
 async def notify(conn: AsyncConnection[DictRow], notices: Sequence[Notice]) -> None:
     if notices:
         await conn.execute(
-            "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload",
+            "SELECT pg_notify(%s, payload) FROM unnest(%b::text[]) AS payload",
             (CHANNEL, [notice.encode() for notice in notices]),
         )
 
@@ -268,7 +268,7 @@ async def save_pieces(
         cursor = await conn.execute(
             "UPDATE messages AS m SET saved_length = greatest(m.saved_length, v.saved_end),"
             " lease_expires_at = clock_timestamp() + make_interval(secs => %s), updated_at = clock_timestamp()"
-            " FROM unnest(%s::uuid[], %s::int[]) AS v(id, saved_end)"
+            " FROM unnest(%b::uuid[], %b::int[]) AS v(id, saved_end)"
             " WHERE m.id = v.id AND m.lease_owner = %s AND m.status = 'streaming' RETURNING m.id",
             (lease_seconds, list(ends), list(ends.values()), owner),
         )
@@ -277,7 +277,7 @@ async def save_pieces(
         if kept:
             await conn.execute(
                 "INSERT INTO message_saves (message_id, start_offset, text)"
-                " SELECT * FROM unnest(%s::uuid[], %s::int[], %s::text[]) ON CONFLICT DO NOTHING",
+                " SELECT * FROM unnest(%b::uuid[], %b::int[], %b::text[]) ON CONFLICT DO NOTHING",
                 ([p.message_id for p in kept], [p.start for p in kept], [p.text for p in kept]),
             )
         await notify(conn, [Notice(p.message_id, Status.STREAMING, p.end) for p in kept])
