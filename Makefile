@@ -41,8 +41,9 @@ lint: $(STAMP) ## ruff and mypy --strict
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy genservice gateway tests bench
 
-bench: $(STAMP) ## benchmarks: concurrent replies (latency per reader, CPU, capacity), the save path, starts, gateway memory
+bench: $(STAMP) ## benchmarks: concurrent replies (latency per reader, CPU, capacity), the CPU of each hop per token, the save path, starts, gateway memory
 	$(BIN)/python -m bench.replies $(BENCH_ARGS)
+	$(BIN)/python -m bench.hops
 	$(BIN)/python -m bench.saves
 	$(BIN)/python -m bench.starts
 	$(BIN)/python -m bench.gateway_memory

@@ -13,12 +13,12 @@ import asyncio
 import json
 import os
 import socket
-import sys
 import tempfile
 from pathlib import Path
 
 import httpx2
 
+from bench.report import report
 from genservice.config import GenServiceConfig
 from genservice.replies.database import postgres_url
 from genservice.server import running_service
@@ -91,10 +91,6 @@ async def main() -> None:
     report(f"  clients reading    {reading / mb:6.1f} MB  ratio {reading / baseline:.2f}")
     report(f"  clients not reading{stalled / mb:6.1f} MB  ratio {stalled / baseline:.2f}")
     report(f"  (the replies the stalled streams did not take: {STREAMS * sum(sizes) / len(sizes) / mb:.0f} MB)")
-
-
-def report(line: str) -> None:
-    sys.stdout.write(line + "\n")
 
 
 if __name__ == "__main__":

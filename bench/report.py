@@ -1,4 +1,5 @@
-"""Summaries of the replies bench: percentiles, the text table, the JSON file and the p99 plot."""
+"""Summaries of the benches: a line of the report, and for the replies bench percentiles, the text table, the JSON
+file and the p99 plot."""
 
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ from pathlib import Path
 from typing import Any
 
 READER_CLASSES = ("origin", "follower", "late_joiner")
+
+
+def report(line: str) -> None:
+    """One line of a bench's report, on stdout (the logs go to stderr)."""
+    sys.stdout.write(line + "\n")
+
+
 SHORT_NAMES = {"genservice": "gs", "gateway-a": "gwA", "gateway-b": "gwB", "postgres": "pg", "bench": "bench"}
 
 

@@ -13,12 +13,12 @@ import logging
 import os
 import random
 import string
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable
 from pathlib import Path
 
+from bench.report import report
 from genservice import writes
 from genservice.batcher import SaveBatcher
 from genservice.config import GenServiceConfig
@@ -132,10 +132,6 @@ async def batched_commits(pool: Pool, ids: list[str], seconds: float) -> tuple[i
         await asyncio.sleep(PACE_SECONDS)
     runner.cancel()
     return batcher.commits, chars
-
-
-def report(line: str) -> None:
-    sys.stdout.write(line + "\n")
 
 
 async def main() -> None:
