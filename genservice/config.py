@@ -43,7 +43,7 @@ class GenServiceConfig:
     save_max_delay: float = 0.05
     # past this many replies running in the process, each reply's deltas go out at most once per
     # busy_delta_interval, merged: a caller's message costs about the same whatever its length
-    busy_replies: int = 24
+    busy_replies: int = 4
     busy_delta_interval: float = 0.04
     # and saves wait up to this long for more text (SAVE_EVERY_CHARS still saves sooner)
     busy_save_delay: float = 0.25
@@ -57,6 +57,9 @@ class GenServiceConfig:
     max_active_replies_per_user: int = 8
     # replies this process runs at once
     max_active_replies: int = DEFAULT_MAX_ACTIVE_REPLIES
+    # while the event loop runs later than this (seconds; 0: never), new replies are refused: the process
+    # is past what its core carries, and one more reply would make every reader here later still
+    max_loop_lag: float = 0.25
     # models a request may name; {"*"}: any; empty: openai_model alone
     allowed_models: frozenset[str] = frozenset()
 
@@ -107,6 +110,7 @@ class GenServiceConfig:
                 env, "MAX_ACTIVE_REPLIES_PER_USER", cls.max_active_replies_per_user, minimum=0
             ),
             max_active_replies=env_int(env, "MAX_ACTIVE_REPLIES", cls.max_active_replies),
+            max_loop_lag=env_float(env, "MAX_LOOP_LAG_MS", cls.max_loop_lag * 1000) / 1000,
             allowed_models=env_models(env, "ALLOWED_MODELS"),
             pool_size=env_int(env, "GENSERVICE_POOL_SIZE", cls.pool_size),
         )

@@ -16,6 +16,7 @@ import openai
 from genservice.batcher import SaveBatcher
 from genservice.config import GenServiceConfig
 from genservice.generation import Generation, StopReason
+from genservice.loop_lag import LoopLag
 from genservice.model import ModelFailure, stream_reply
 from genservice.pacing import Ticker
 from genservice.replies import queries
@@ -50,8 +51,10 @@ class Generations:
         batcher: SaveBatcher,
         owner: str,
         owner_addr: str,
+        lag: LoopLag,
     ) -> None:
         self._config = config
+        self._lag = lag
         self._pool = pool
         # the ends' own connections, apart from request traffic
         self._writer = writer
@@ -87,6 +90,12 @@ class Generations:
         if len(self._running) + self._admitted >= limit:
             raise Unavailable(
                 f"this replica is running {limit} replies, its limit; retry shortly", retry_after=CAPACITY_RETRY_SECONDS
+            )
+        if self._config.max_loop_lag and self._lag.seconds > self._config.max_loop_lag:
+            raise Unavailable(
+                f"this replica is past its capacity (running {len(self._running)} replies, its work"
+                f" {self._lag.seconds * 1000:.0f} ms behind); retry shortly",
+                retry_after=CAPACITY_RETRY_SECONDS,
             )
         self._admitted += 1
         self._no_admitted.clear()

@@ -25,6 +25,7 @@ from genservice.batcher import SaveBatcher
 from genservice.config import GenServiceConfig
 from genservice.generations import Generations
 from genservice.health import ServiceHealth
+from genservice.loop_lag import watching_loop_lag
 from genservice.model import make_client
 from genservice.replies.background import background
 from genservice.replies.database import open_pool, postgres_url
@@ -64,7 +65,7 @@ ENVIRONMENT_HELP = """environment:
   OPENAI_MODEL                 model when a request names none (demo)
   SAVE_EVERY_CHARS             a save at least every this many characters (200)
   SAVE_MAX_DELAY_MS            and at most this long after new text (50); 20 save commits a second at most
-  BUSY_REPLIES                 past this many replies running here, the process is busy (24)
+  BUSY_REPLIES                 past this many replies running here, the process is busy (4)
   BUSY_DELTA_INTERVAL_MS       a busy process sends new text to callers on one tick this often, merged (40; 0: never)
   BUSY_SAVE_DELAY_MS           a busy process's SAVE_MAX_DELAY_MS (250)
   LEASE_SECONDS                a generation's lease; a dead owner's message ends ERROR after about 4/3 of it (15)
@@ -75,6 +76,7 @@ ENVIRONMENT_HELP = """environment:
   MAX_CONTENT_CHARS            longest user message accepted (32000)
   MAX_ACTIVE_REPLIES_PER_USER  replies one user may have STREAMING at once; past it RESOURCE_EXHAUSTED (8; 0: no limit)
   MAX_ACTIVE_REPLIES           replies this process runs at once; past it UNAVAILABLE (500)
+  MAX_LOOP_LAG_MS              while its work runs this late on average, a start is UNAVAILABLE (250; 0: never)
   ALLOWED_MODELS               models a request may name, comma-separated, `*` for any (OPENAI_MODEL alone)
   GENSERVICE_POOL_SIZE         Postgres connections at most (20)
 
@@ -134,7 +136,8 @@ async def running_service(config: GenServiceConfig) -> AsyncIterator[RunningServ
                 port = server.add_insecure_port(config.addr)
             host = config.addr.rpartition(":")[0]
             owner_addr = config.advertise_addr or f"{host}:{port}"
-            generations = Generations(config, pool, writer, hub, client, batcher, owner, owner_addr)
+            lag = stack.enter_context(watching_loop_lag())
+            generations = Generations(config, pool, writer, hub, client, batcher, owner, owner_addr, lag)
             sweeper = await stack.enter_async_context(
                 background(
                     "sweeper",
