@@ -58,6 +58,8 @@ class GatewayConfig:
     body_timeout_seconds: float = 30.0
     # open connections at most (streams included); past it uvicorn answers 503
     max_connections: int = 10_000
+    # replies starting at once (sent, no first event yet); past it a start is refused with 503 (0: no limit)
+    max_pending_starts: int = 64
     # a longer user message is refused here with 413 (genservice reads the same variable)
     max_content_chars: int = 32_000
     # an idle stream gets a `: ping` comment this often
@@ -108,6 +110,7 @@ class GatewayConfig:
             ),
             body_timeout_seconds=env_float(env, "GATEWAY_BODY_TIMEOUT_SECONDS", cls.body_timeout_seconds, minimum=0.1),
             max_connections=env_int(env, "GATEWAY_MAX_CONNECTIONS", cls.max_connections),
+            max_pending_starts=env_int(env, "GATEWAY_MAX_PENDING_STARTS", cls.max_pending_starts, minimum=0),
             max_content_chars=env_int(env, "MAX_CONTENT_CHARS", cls.max_content_chars),
             ping_seconds=env_float(env, "PING_SECONDS", cls.ping_seconds, minimum=0.01),
             shutdown_grace_seconds=env_float(env, "SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds),

@@ -62,6 +62,7 @@ async def open_resources(config: GatewayConfig, metrics: GatewayMetrics, relay: 
                 config.genservice_tls_ca,
                 config.genservice_timeout_seconds,
                 config.genservice_token,
+                config.max_pending_starts,
             )
         )
         pool = await stack.enter_async_context(open_pool(url, config.name, config.pool_size))

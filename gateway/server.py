@@ -50,6 +50,7 @@ environment:
   GATEWAY_HEADER_TIMEOUT_SECONDS   a request's headers must arrive within this (10)
   GATEWAY_BODY_TIMEOUT_SECONDS     and its JSON body within this (30)
   GATEWAY_MAX_CONNECTIONS      open connections at most, streams included; past it 503 (10000)
+  GATEWAY_MAX_PENDING_STARTS   replies sent to genservice and not yet started; past it a start is 503 (64; 0: none)
   MAX_CONTENT_CHARS            longest user message; a longer one is 413 (32000)
   PING_SECONDS                 `: ping` comment interval on idle streams (15)
   SHUTDOWN_GRACE_SECONDS       time open streams get to end on shutdown (10)

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.errors import from_rpc_error
+from gateway.errors import ApiError, from_rpc_error, retry_headers
 from genservice.replies.settings import ConfigError
 from genservice.v1 import genservice_pb2 as pb
 from genservice.v1 import genservice_pb2_grpc as pb_grpc
@@ -27,6 +27,7 @@ from genservice.v1 import genservice_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+START_RETRY_SECONDS = 2
 # a genservice that comes back is found again within a couple of seconds
 CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.initial_reconnect_backoff_ms", 200),
@@ -55,6 +56,7 @@ class Upstream:
         token: str | None,
         addresses: Sequence[str],
         dial: Callable[[str], grpc.aio.Channel],
+        max_pending_starts: int = 0,
     ) -> None:
         self._stub = pb_grpc.GenerationServiceStub(channel)
         self._health = health_pb2_grpc.HealthStub(channel)
@@ -64,15 +66,38 @@ class Upstream:
         self._dial = dial
         # one address alone is the round-robin channel's own
         self._owners = {addresses[0]: self._stub} if len(addresses) == 1 else {}
+        self._max_pending_starts = max_pending_starts
+        self._pending_starts = 0
 
     def dials(self, address: str) -> bool:
         """Whether `address` is a configured genservice, which may be asked for a reply's live text."""
         return address in self._addresses
 
     async def stream_reply(self, request: pb.StreamReplyRequest) -> AsyncIterator[pb.ReplyEvent]:
-        """The reply's events. Closing this iterator cancels the call only: the reply goes on in genservice."""
-        async for event in self._events(self._stub.StreamReply(request, metadata=self._metadata)):
-            yield event
+        """The reply's events. Closing this iterator cancels the call only: the reply goes on in genservice.
+
+        Past `max_pending_starts` calls still waiting for their first event, refused at once (503): an
+        overloaded genservice takes new calls slowly, and past that many a start would only wait out its
+        first-event timeout.
+        """
+        if self._max_pending_starts and self._pending_starts >= self._max_pending_starts:
+            raise ApiError(
+                503,
+                "unavailable",
+                f"{self._pending_starts} replies are starting on this gateway, its limit; try again shortly",
+                retry_headers(START_RETRY_SECONDS),
+            )
+        self._pending_starts += 1
+        pending = True
+        try:
+            async for event in self._events(self._stub.StreamReply(request, metadata=self._metadata)):
+                if pending:
+                    self._pending_starts -= 1
+                    pending = False
+                yield event
+        finally:
+            if pending:
+                self._pending_starts -= 1
 
     async def watch_reply(self, address: str, request: pb.WatchReplyRequest) -> AsyncIterator[pb.ReplyEvent]:
         """WatchReply on the genservice at `address`, which must be one that `dials`."""
@@ -164,7 +189,9 @@ def channel_target(target: str) -> tuple[str, list[tuple[str, int | str]]]:
 
 
 @asynccontextmanager
-async def open_upstream(target: str, tls_ca: str | None, timeout: float, token: str | None) -> AsyncIterator[Upstream]:
+async def open_upstream(
+    target: str, tls_ca: str | None, timeout: float, token: str | None, max_pending_starts: int = 0
+) -> AsyncIterator[Upstream]:
     """The channels to genservice, plaintext or TLS verified against the CA in the PEM file `tls_ca`, and the
     calls on them; every channel is closed at the end."""
     credentials = None if tls_ca is None else grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())
@@ -179,7 +206,9 @@ async def open_upstream(target: str, tls_ca: str | None, timeout: float, token: 
         return channel
 
     try:
-        yield Upstream(dial(*channel_target(target)), timeout, token, target_addresses(target), dial)
+        yield Upstream(
+            dial(*channel_target(target)), timeout, token, target_addresses(target), dial, max_pending_starts
+        )
     finally:
         for channel in channels:
             await channel.close(grace=None)
