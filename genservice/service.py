@@ -55,6 +55,8 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
         self._pool = reads.pool
         self._hub = hub
         self._generations = generations
+        # starts whose callers may have left; each one writes and launches its reply all the same
+        self._starting: set[asyncio.Future[StartedReply]] = set()
 
     @rpc
     async def StreamReply(  # noqa: N802 (the generated base's name)
@@ -64,10 +66,12 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
         if not self._config.allows(start.model):
             raise InvalidArgument(f"model {start.model!r} is not allowed here")
         user_id = start.user_id
-        with self._generations.admission():
-            reply = await self._start(start, request.interrupt)
-            if reply.created:
-                self._generations.launch(reply)
+        # the start is the service's, not the caller's: a caller that leaves while it is written only stops
+        # listening, and the reply is written and generated as if it had stayed, never left half-started
+        starting = asyncio.ensure_future(self._start_and_launch(start, request.interrupt))
+        self._starting.add(starting)
+        starting.add_done_callback(self._start_ended)
+        reply = await asyncio.shield(starting)
         yield pb.ReplyEvent(
             started=pb.ReplyStarted(message_id=reply.assistant.id, conversation_id=reply.conversation_id)
         )
@@ -156,6 +160,19 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
             client_message_id=bounded_text(request.client_message_id, "client_message_id") or None,
             regenerate=request.regenerate,
         )
+
+    async def _start_and_launch(self, start: ReplyStart, interrupt: bool) -> StartedReply:
+        with self._generations.admission():
+            reply = await self._start(start, interrupt)
+            if reply.created:
+                self._generations.launch(reply)
+        return reply
+
+    def _start_ended(self, starting: asyncio.Future[StartedReply]) -> None:
+        self._starting.discard(starting)
+        if not starting.cancelled() and (failure := starting.exception()) is not None:
+            # the caller, if it stayed, got the failure itself; one that left only hears of it here
+            log.debug("a start ended with %r", failure)
 
     async def _start(self, start: ReplyStart, interrupt: bool) -> StartedReply:
         async def attempt() -> StartedReply:
