@@ -19,7 +19,7 @@ from genservice.replies.listener import ListenerHub
 from genservice.replies.records import MessageRecord, Status
 from genservice.replies.shared_reads import SharedReads
 from genservice.replies.validation import bounded_text, parse_id, parse_offset, require_content, require_user
-from genservice.rpc_errors import Context, rpc
+from genservice.rpc_errors import Context, rpc, service_error
 from genservice.v1 import genservice_pb2 as pb
 from genservice.v1 import genservice_pb2_grpc as pb_grpc
 from genservice.writes import StartedReply
@@ -46,6 +46,14 @@ class ReplyStart:
 CANCEL_WAIT_SECONDS = 3.0
 
 
+def _report_unheard_failure(starting: asyncio.Future[StartedReply]) -> None:
+    """A start whose caller left: its failure has no one to go to but the log."""
+    if starting.cancelled() or not isinstance(failure := starting.exception(), Exception):
+        return
+    # an unexpected failure is logged with its traceback by service_error
+    log.info("a start whose caller had left ended: %s", service_error(failure))
+
+
 class GenerationService(pb_grpc.GenerationServiceServicer):
     def __init__(
         self, config: GenServiceConfig, reads: SharedReads, hub: ListenerHub, generations: Generations
@@ -70,8 +78,12 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
         # listening, and the reply is written and generated as if it had stayed, never left half-started
         starting = asyncio.ensure_future(self._start_and_launch(start, request.interrupt))
         self._starting.add(starting)
-        starting.add_done_callback(self._start_ended)
-        reply = await asyncio.shield(starting)
+        starting.add_done_callback(self._starting.discard)
+        try:
+            reply = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            starting.add_done_callback(_report_unheard_failure)
+            raise
         yield pb.ReplyEvent(
             started=pb.ReplyStarted(message_id=reply.assistant.id, conversation_id=reply.conversation_id)
         )
@@ -167,12 +179,6 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
             if reply.created:
                 self._generations.launch(reply)
         return reply
-
-    def _start_ended(self, starting: asyncio.Future[StartedReply]) -> None:
-        self._starting.discard(starting)
-        if not starting.cancelled() and (failure := starting.exception()) is not None:
-            # the caller, if it stayed, got the failure itself; one that left only hears of it here
-            log.debug("a start ended with %r", failure)
 
     async def _start(self, start: ReplyStart, interrupt: bool) -> StartedReply:
         async def attempt() -> StartedReply:
