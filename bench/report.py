@@ -77,6 +77,8 @@ class LevelResult:
     timed_out_streams: int
     # the most replies the model streamed at once during the level
     model_peak_streams: int = 0
+    # late joiners: from opening to the first data of their backlog
+    join_ms: Percentiles = field(default_factory=lambda: Percentiles.of([]))
 
     def passes(self, threshold_ms: float) -> bool:
         return self.exact and all(self.latency_ms[name].p99 < threshold_ms for name in READER_CLASSES)
@@ -123,13 +125,20 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_LEVEL_HEADERS = ("streams", "origin p50/p99/max ms", "follower p50/p99/max", "late joiner p50/p99/max", "exact?")
+_LEVEL_HEADERS = (
+    "streams",
+    "origin p50/p99/max ms",
+    "follower p50/p99/max",
+    "late joiner p50/p99/max",
+    "late join p50/p99/max",
+    "exact?",
+)
 
 
 def _level_cells(level: LevelResult) -> list[str]:
     exact = "yes" if level.exact else f"NO {level.exact_streams}/{level.streams}"
     streams = f"{level.streams}" + ("*" if level.purpose == "search" else "")
-    return [streams, *(level.latency_ms[name].triple() for name in READER_CLASSES), exact]
+    return [streams, *(level.latency_ms[name].triple() for name in READER_CLASSES), level.join_ms.triple(), exact]
 
 
 def level_table(levels: Sequence[LevelResult], watched: Sequence[str]) -> str:

@@ -235,6 +235,7 @@ class Runner:
         timed_out: int,
     ) -> LevelResult:
         latencies: dict[str, list[float]] = {name: [] for name in READER_CLASSES}
+        joins: list[float] = []
         failures: Counter[str] = Counter()
         examples: list[str] = []
         exact_streams = release_timeouts = 0
@@ -271,6 +272,8 @@ class Runner:
                     problems.append(f"{name}: finished content differs ({len(finished.get('content') or '')} chars)")
                 floor = reader.opened_at if name == "late_joiner" else -math.inf
                 received = reader.received.times
+                if name == "late_joiner" and received and received[0] == received[0]:
+                    joins.append((received[0] - reader.opened_at) * 1000)
                 out = latencies[name]
                 for k in range(len(emit)):
                     got, sent = received[k], emit[k]
@@ -289,6 +292,7 @@ class Runner:
             streams=len(streams),
             purpose=purpose,
             latency_ms={name: Percentiles.of(values) for name, values in latencies.items()},
+            join_ms=Percentiles.of(joins),
             exact=exact_streams == len(streams),
             exact_streams=exact_streams,
             failures=dict(failures),
