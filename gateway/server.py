@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -198,6 +199,8 @@ async def running_gateway(config: GatewayConfig, *, handle_signals: bool = False
 
 async def serve(config: GatewayConfig) -> None:
     async with running_gateway(config, handle_signals=True) as running:
+        # what startup made lives as long as the process: full collections no longer walk it
+        gc.freeze()
         await running.task
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -190,6 +191,8 @@ async def serve(config: GenServiceConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
     async with running_service(config):
+        # what startup made lives as long as the process: full collections no longer walk it
+        gc.freeze()
         await stop.wait()
 
 
