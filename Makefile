@@ -41,12 +41,13 @@ lint: $(STAMP) ## ruff and mypy --strict
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy genservice gateway tests bench
 
-bench: $(STAMP) ## benchmarks: concurrent replies (latency per reader, CPU, capacity), the CPU of each hop per token, the save path, starts, gateway memory
+bench: $(STAMP) ## benchmarks: concurrent replies (latency per reader, CPU, capacity), the CPU of each hop per token, the save path, starts, gateway memory, the resume stampede
 	$(BIN)/python -m bench.replies $(BENCH_ARGS)
 	$(BIN)/python -m bench.hops
 	$(BIN)/python -m bench.saves
 	$(BIN)/python -m bench.starts
 	$(BIN)/python -m bench.gateway_memory
+	$(BIN)/python -m bench.stampede
 
 bench-quick: $(STAMP) ## the concurrent-replies benchmark at 1 and 100 streams (under 2 minutes)
 	$(BIN)/python -m bench.replies --quick

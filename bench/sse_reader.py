@@ -24,9 +24,11 @@ _READ_BYTES = 65536
 _decode = json.JSONDecoder().decode
 
 
-def get_request(host: str, port: int, path: str) -> bytes:
+def get_request(host: str, port: int, path: str, last_event_id: str | None = None) -> bytes:
+    """A GET of an event stream; `last_event_id` as a reconnecting EventSource sends it."""
+    resume = "" if last_event_id is None else f"Last-Event-ID: {last_event_id}\r\n"
     return (
-        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n{resume}Connection: close\r\n\r\n"
     ).encode()
 
 
@@ -233,11 +235,15 @@ class ReplyReader(SseClient):
         token_chars: int,
         on_started: Callable[[ReplyReader], None] | None = None,
         on_done: Callable[[ReplyReader], None] | None = None,
+        offset: int = 0,
     ) -> None:
+        """`offset`: the character the stream is asked to start after; `tokens` count from there."""
         super().__init__(request)
+        self.offset = offset
         self.received = TokenTimes(tokens, token_chars)
         self.message_id: str | None = None
         self.finished: dict[str, Any] | None = None
+        self.finished_at = math.nan
         self._on_started = on_started
         self._on_done = on_done
 
@@ -245,8 +251,9 @@ class ReplyReader(SseClient):
         if event == "delta":
             payload = _decode(data.decode())
             text = payload["text"]
-            if payload["offset"] != self.received.length:
-                self.problems.append(f"delta at offset {payload['offset']}, expected {self.received.length}")
+            expected = self.offset + self.received.length
+            if payload["offset"] != expected:
+                self.problems.append(f"delta at offset {payload['offset']}, expected {expected}")
             self.received.add(text, now)
         elif event == "started":
             self.message_id = json.loads(data)["message_id"]
@@ -254,6 +261,7 @@ class ReplyReader(SseClient):
                 self._on_started(self)
         elif event == "finished":
             self.finished = json.loads(data)["message"]
+            self.finished_at = now
             self.close()
         else:
             self.problems.append(f"unexpected event {event!r}: {data[:100]!r}")

@@ -22,7 +22,6 @@ from gateway.errors import ApiError
 from gateway.live_replies import LiveReplyLost
 from gateway.relay import close_events
 from gateway.resources import Resources
-from genservice.replies import queries
 from genservice.replies.follow import follow_message
 from genservice.replies.validation import parse_id, parse_offset
 from genservice.v1 import genservice_pb2 as pb
@@ -67,7 +66,7 @@ async def follow_reply(res: Resources, user_id: str, message_id: str, offset: in
     message_id = parse_id(message_id, "message_id")
     offset = parse_offset(offset)
     sent = _Sent(offset)
-    owner = await queries.live_owner(res.pool, user_id, message_id)
+    owner = await res.reads.live_owner(user_id, message_id)
     if owner is not None and res.upstream.dials(owner):
         live = res.live.follow(owner, user_id, message_id, offset)
         owner_started: asyncio.Future[pb.ReplyEvent] = asyncio.ensure_future(anext(live))

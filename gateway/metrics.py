@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
+from genservice.replies.database import Pool
 from genservice.replies.listener import ListenerHub
 
 
@@ -76,4 +77,22 @@ class HubCollector(Collector):
             "From a NOTIFY being written (before its commit) to its arrival at this gateway",
             count_value=self._hub.lag_count,
             sum_value=self._hub.lag_seconds_sum,
+        )
+
+
+class PoolCollector(Collector):
+    """The Postgres pool's checkouts and waits, read from the pool at scrape time."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._pool.get_stats()
+        yield CounterMetricFamily(
+            "gateway_db_checkouts", "Connections lent out by the Postgres pool", stats.get("requests_num", 0)
+        )
+        yield CounterMetricFamily(
+            "gateway_db_checkout_waits",
+            "Checkouts that waited for a connection (every one was lent out)",
+            stats.get("requests_queued", 0),
         )

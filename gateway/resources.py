@@ -17,7 +17,7 @@ from starlette.requests import Request
 from gateway.auth import DEV_USER, Authenticator
 from gateway.config import MIN_SECRET_BYTES, GatewayConfig
 from gateway.live_replies import LiveReplies
-from gateway.metrics import GatewayMetrics, HubCollector
+from gateway.metrics import GatewayMetrics, HubCollector, PoolCollector
 from gateway.relay import Relay
 from gateway.upstream import Upstream, open_upstream
 from genservice.replies.database import Pool, open_pool, postgres_url
@@ -69,9 +69,9 @@ async def open_resources(config: GatewayConfig, metrics: GatewayMetrics, relay: 
         hub = await stack.enter_async_context(ListenerHub(url, config.listener_name))
         if not hub.connected:
             log.warning("the LISTEN connection is not up yet; streams will catch up when it is")
-        collector = HubCollector(hub)
-        metrics.registry.register(collector)
-        stack.callback(metrics.registry.unregister, collector)
+        for collector in (HubCollector(hub), PoolCollector(pool)):
+            metrics.registry.register(collector)
+            stack.callback(metrics.registry.unregister, collector)
         live = LiveReplies(upstream.watch_reply, metrics.owner_streams)
         stack.push_async_callback(live.close)
         log.info("gateway resources open: genservice at %s, pool %r", config.genservice_target, config.name)

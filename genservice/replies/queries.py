@@ -55,26 +55,25 @@ async def get_message(pool: Pool, user_id: str, message_id: str) -> MessageRecor
         return await message_of_user(conn, user_id, message_id)
 
 
-async def read_after(pool: Pool, user_id: str, message_id: str, offset: int) -> TextAfter:
+async def read_after(conn: AsyncConnection[DictRow], user_id: str, message_id: str, offset: int) -> TextAfter:
     """The message's saved text after `offset`, in one statement (one snapshot).
 
     While streaming only the save that holds `offset` and those after it are read, found through the
     saves' primary key: a follower of a long reply reads each character about once.
     """
-    async with pool.connection() as conn:
-        cursor = await conn.execute(
-            sql.SQL(
-                "SELECT {columns}, tail.start AS tail_start, tail.text AS tail"
-                " FROM messages m LEFT JOIN LATERAL ("
-                "  SELECT min(s.start_offset) AS start, string_agg(s.text, '' ORDER BY s.start_offset) AS text"
-                "  FROM message_saves s WHERE m.status = 'streaming' AND s.message_id = m.id"
-                "  AND s.start_offset >= coalesce((SELECT max(f.start_offset) FROM message_saves f"
-                "   WHERE f.message_id = m.id AND f.start_offset <= %s), 0)) AS tail ON true"
-                " WHERE m.id = %s AND m.user_id = %s"
-            ).format(columns=MESSAGE_COLUMNS),
-            (offset, message_id, user_id),
-        )
-        row = await cursor.fetchone()
+    cursor = await conn.execute(
+        sql.SQL(
+            "SELECT {columns}, tail.start AS tail_start, tail.text AS tail"
+            " FROM messages m LEFT JOIN LATERAL ("
+            "  SELECT min(s.start_offset) AS start, string_agg(s.text, '' ORDER BY s.start_offset) AS text"
+            "  FROM message_saves s WHERE m.status = 'streaming' AND s.message_id = m.id"
+            "  AND s.start_offset >= coalesce((SELECT max(f.start_offset) FROM message_saves f"
+            "   WHERE f.message_id = m.id AND f.start_offset <= %s), 0)) AS tail ON true"
+            " WHERE m.id = %s AND m.user_id = %s"
+        ).format(columns=MESSAGE_COLUMNS),
+        (offset, message_id, user_id),
+    )
+    row = await cursor.fetchone()
     if row is None:
         raise message_not_found(message_id)
     message_id, conversation_id = str(row["id"]), str(row["conversation_id"])
@@ -85,15 +84,14 @@ async def read_after(pool: Pool, user_id: str, message_id: str, offset: int) -> 
     return TextAfter(message_id, conversation_id, tail, None)
 
 
-async def live_owner(pool: Pool, user_id: str, message_id: str) -> str | None:
+async def live_owner(conn: AsyncConnection[DictRow], user_id: str, message_id: str) -> str | None:
     """Where the process running this user's streaming message serves its live text (host:port, as its
     advertises it); None when the message is not streaming, is not the user's, or names no address."""
-    async with pool.connection() as conn:
-        cursor = await conn.execute(
-            "SELECT owner_addr FROM messages WHERE id = %s AND user_id = %s AND status = 'streaming'",
-            (message_id, user_id),
-        )
-        row = await cursor.fetchone()
+    cursor = await conn.execute(
+        "SELECT owner_addr FROM messages WHERE id = %s AND user_id = %s AND status = 'streaming'",
+        (message_id, user_id),
+    )
+    row = await cursor.fetchone()
     return None if row is None else row["owner_addr"]
 
 

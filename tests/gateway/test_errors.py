@@ -18,6 +18,7 @@ from tests.support.gateway_harness import (
     content,
     gateway_config,
     http_client,
+    metric,
     read_all,
     reply_text,
     started_gateway,
@@ -135,6 +136,15 @@ async def test_health_and_metrics(client: httpx2.AsyncClient) -> None:
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     for name in ("gateway_open_streams", "gateway_replies_started_total", "gateway_listener_connected 1.0"):
         assert name in metrics.text
+
+
+async def test_metrics_count_the_pool_checkouts(client: httpx2.AsyncClient) -> None:
+    before = await metric(client, "gateway_db_checkouts_total")
+    # following a message looks it up in Postgres through the gateway's own pool
+    missing = await client.get(f"/v1/messages/{uuid.uuid4()}/events")
+    assert missing.status_code == 404, missing.text
+    assert await metric(client, "gateway_db_checkouts_total") > before
+    assert await metric(client, "gateway_db_checkout_waits_total") == 0
 
 
 async def test_an_unreachable_genservice_is_503_at_once(database_url: str) -> None:
