@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from gateway import ui_stream, views
 from gateway.errors import ApiError
-from gateway.follow import follow_reply
+from gateway.follow import follow_reply, rest_of_reply
 from gateway.payloads import ChatRequest, chat_id_of, content_too_large, read_json
 from gateway.relay import EventStreamResponse, first_event
 from gateway.resources import Resources
@@ -88,7 +88,8 @@ async def post_chat(request: Request) -> Response:
     first = await first_event(events, res.config.genservice_timeout_seconds)
     res.metrics.replies_started.inc()
     log.info("chat stream open for message %s", first.started.message_id)
-    return EventStreamResponse(res.relay.body(first, events, "chat", ui_stream.frames), ui_stream.HEADERS)
+    rest = await rest_of_reply(res, user_id, first.started, events)
+    return EventStreamResponse(res.relay.body(first, rest, "chat", ui_stream.frames), ui_stream.HEADERS)
 
 
 async def resume_chat(request: Request) -> Response:

@@ -65,9 +65,30 @@ async def follow_reply(res: Resources, user_id: str, message_id: str, offset: in
     """`started`, deltas after `offset`, `finished`, as follow_message gives them. Bad input raises before `started`."""
     message_id = parse_id(message_id, "message_id")
     offset = parse_offset(offset)
-    sent = _Sent(offset)
     owner = await res.reads.live_owner(user_id, message_id)
+    async for event in _follow(res, user_id, message_id, _Sent(offset), owner):
+        yield event
+
+
+async def rest_of_reply(
+    res: Resources, user_id: str, started: pb.ReplyStarted, events: AsyncIterator[pb.ReplyEvent]
+) -> AsyncIterator[pb.ReplyEvent]:
+    """What follows StreamReply's `started`: the reply followed on this process's one stream to its owner
+    when that owner can be watched (the call is closed, and the reply goes on), else the call's own events."""
+    if not started.owner_addr or not res.upstream.dials(started.owner_addr):
+        return events
+    await close_events(events)
+    sent = _Sent(0)
+    sent.started = True
+    return _follow(res, user_id, started.message_id, sent, started.owner_addr)
+
+
+async def _follow(
+    res: Resources, user_id: str, message_id: str, sent: _Sent, owner: str | None
+) -> AsyncIterator[pb.ReplyEvent]:
+    """The events after `sent`: the owner's live text where it can be watched, else (and after it fails) Postgres."""
     if owner is not None and res.upstream.dials(owner):
+        offset = sent.offset
         live = res.live.follow(owner, user_id, message_id, offset)
         owner_started: asyncio.Future[pb.ReplyEvent] = asyncio.ensure_future(anext(live))
         answered = failed = False

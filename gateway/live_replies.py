@@ -1,12 +1,13 @@
-"""One WatchReply per live reply per gateway process, shared by every follower of that reply here.
+"""One watch per live reply per gateway process, shared by every follower of that reply here.
 
-The shared stream watches the owner from offset 0 and keeps the whole text it got (a reply is bounded,
-and past `max_chars` the stream gives up so that its followers go to Postgres instead). A follower
+The shared reply watches the owner from offset 0, on this process's one WatchReplies stream to that
+genservice (owner_streams), and keeps the whole text it got (a reply is bounded, and past `max_chars`
+the watch gives up so that its followers go to Postgres instead). A follower
 joining reads its backlog from that text, then everything new as one delta per wake-up: the text is
 a list of pieces with their end offsets, each follower keeps only its own offset, and one event,
 replaced on each change, wakes them all. A slow follower gets all it missed as one delta. The
-stream ends with `finished`, which every follower gets, or with a failure, which every follower
-raises as `LiveReplyLost` after the text it was sent; it is closed when its last follower leaves.
+watch ends with `finished`, which every follower gets, or with a failure, which every follower
+raises as `LiveReplyLost` after the text it was sent; it is dropped when its last follower leaves.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 
 from prometheus_client import Gauge
 
-from gateway.relay import close_events
+from gateway.owner_streams import OwnerStreams
 from genservice.v1 import genservice_pb2 as pb
 
 # characters of one reply a gateway keeps in memory for its followers
@@ -26,8 +27,11 @@ MAX_LIVE_CHARS = 1_000_000
 # replies found longer than that, remembered so that their next followers go to Postgres at once
 REMEMBERED_TOO_LONG = 1000
 
-Watch = Callable[[str, pb.WatchReplyRequest], AsyncIterator[pb.ReplyEvent]]
 Key = tuple[str, str, str]
+
+
+def _nothing() -> None:
+    pass
 
 
 class LiveReplyLost(Exception):
@@ -35,13 +39,12 @@ class LiveReplyLost(Exception):
 
 
 class _SharedReply:
-    """One owner stream's events, and the text it has given so far."""
+    """One reply's events from its owner, and the text they have given so far."""
 
-    def __init__(self, events: AsyncIterator[pb.ReplyEvent], max_chars: int, on_end: Callable[[], None]) -> None:
+    def __init__(self, max_chars: int) -> None:
         self.followers = 0
         self.too_long = False
         self._max_chars = max_chars
-        self._on_end = on_end
         self._started: pb.ReplyEvent | None = None
         self._finished: pb.ReplyEvent | None = None
         self._failure: Exception | None = None
@@ -50,37 +53,45 @@ class _SharedReply:
         self._ends: list[int] = []
         self._end = 0
         self._changed = asyncio.Event()
-        self.reader = asyncio.create_task(self._read(events), name="live-reply")
-        # a callback rather than the reader's own `finally`: a reader cancelled before it ran has none
-        self.reader.add_done_callback(self._ended)
+        # unwatches it on the owner's stream; set once the watch is sent
+        self.unwatch: Callable[[], None] = _nothing
+        # called once when it finishes or fails
+        self.on_end: Callable[[], None] = _nothing
+
+    @property
+    def ended(self) -> bool:
+        return self._finished is not None or self._failure is not None
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def _read(self, events: AsyncIterator[pb.ReplyEvent]) -> None:
-        try:
-            async for event in events:
-                kind = event.WhichOneof("event")
-                if kind == "started":
-                    self._started = event
-                elif kind == "delta":
-                    self._append(event.delta)
-                elif kind == "finished":
-                    self._finished = event
-                    return
-                self._notify()
-            raise LiveReplyLost("the owner's stream ended before `finished`")
-        except Exception as exc:
-            self._failure = exc
-        finally:
-            await close_events(events)
-
-    def _ended(self, reader: asyncio.Task[None]) -> None:
-        if self._finished is None and self._failure is None:
-            self._failure = LiveReplyLost("the shared stream was closed")
+    def apply(self, event: pb.ReplyEvent) -> None:
+        """The owner's next event for this reply."""
+        if self.ended:
+            return
+        kind = event.WhichOneof("event")
+        if kind == "started":
+            self._started = event
+        elif kind == "delta":
+            try:
+                self._append(event.delta)
+            except LiveReplyLost as lost:
+                self.unwatch()
+                self.fail(lost)
+                return
+        elif kind == "finished":
+            self._finished = event
+            self.on_end()
         self._notify()
-        self._on_end()
+
+    def fail(self, failure: Exception) -> None:
+        """The watch ended without `finished`: every follower raises LiveReplyLost after what it was sent."""
+        if self.ended:
+            return
+        self._failure = failure
+        self.on_end()
+        self._notify()
 
     def _append(self, delta: pb.ReplyDelta) -> None:
         if delta.offset != self._end:
@@ -133,16 +144,15 @@ class _SharedReply:
 class LiveReplies:
     """The shared owner streams of one gateway process, by owner, user and message."""
 
-    def __init__(self, watch: Watch, open_streams: Gauge, max_chars: int = MAX_LIVE_CHARS) -> None:
-        self._watch = watch
+    def __init__(self, owners: OwnerStreams, open_streams: Gauge, max_chars: int = MAX_LIVE_CHARS) -> None:
+        self._owners = owners
         self._open_streams = open_streams
         self._max_chars = max_chars
         self._replies: dict[Key, _SharedReply] = {}
-        self._readers: set[asyncio.Task[None]] = set()
         self._too_long: OrderedDict[Key, None] = OrderedDict()
 
     async def follow(self, owner: str, user_id: str, message_id: str, offset: int) -> AsyncIterator[pb.ReplyEvent]:
-        """The message's events from `offset`, through the one stream this process keeps on `owner` for it."""
+        """The message's events from `offset`, through the one watch this process keeps on `owner` for it."""
         key = (owner, user_id, message_id)
         if key in self._too_long:
             raise LiveReplyLost(f"the reply is longer than {self._max_chars} characters, more than is kept here")
@@ -155,37 +165,31 @@ class LiveReplies:
                 yield event
         finally:
             reply.followers -= 1
-            if reply.followers == 0:
-                self._forget(key, reply)
-                # the reader ends itself when cancelled; nothing awaits it here, which may be a cancelled scope
-                reply.reader.cancel()
+            if reply.followers == 0 and not reply.ended:
+                reply.unwatch()
+                reply.fail(LiveReplyLost("its last follower left"))
 
     def _open(self, key: Key) -> _SharedReply:
         owner, user_id, message_id = key
-        events = self._watch(owner, pb.WatchReplyRequest(user_id=user_id, message_id=message_id, offset=0))
+        reply = self._replies[key] = _SharedReply(self._max_chars)
         self._open_streams.inc()
 
         def ended() -> None:
             self._open_streams.dec()
-            self._readers.discard(reply.reader)
-            self._forget(key, reply)
+            # the next follower of the message opens a watch of its own
+            if self._replies.get(key) is reply:
+                del self._replies[key]
             if reply.too_long:
                 self._too_long[key] = None
                 if len(self._too_long) > REMEMBERED_TOO_LONG:
                     self._too_long.popitem(last=False)
 
-        reply = self._replies[key] = _SharedReply(events, self._max_chars, ended)
-        self._readers.add(reply.reader)
+        reply.on_end = ended
+        reply.unwatch = self._owners.watch(owner, user_id, message_id, 0, reply)
         return reply
 
-    def _forget(self, key: Key, reply: _SharedReply) -> None:
-        """The next follower of the message opens a stream of its own."""
-        if self._replies.get(key) is reply:
-            del self._replies[key]
-
     async def close(self) -> None:
-        """End every shared stream: its followers go on elsewhere, or end with the process."""
-        readers = list(self._readers)
-        for reader in readers:
-            reader.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
+        """End every shared reply: its followers go on elsewhere, or end with the process."""
+        for reply in list(self._replies.values()):
+            reply.fail(LiveReplyLost("the gateway is closing"))
+        await self._owners.close()

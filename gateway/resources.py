@@ -18,6 +18,7 @@ from gateway.auth import DEV_USER, Authenticator
 from gateway.config import MIN_SECRET_BYTES, GatewayConfig
 from gateway.live_replies import LiveReplies
 from gateway.metrics import GatewayMetrics, HubCollector, PoolCollector
+from gateway.owner_streams import OwnerStreams
 from gateway.relay import Relay
 from gateway.upstream import Upstream, open_upstream
 from genservice.replies.database import Pool, open_pool, postgres_url
@@ -72,7 +73,7 @@ async def open_resources(config: GatewayConfig, metrics: GatewayMetrics, relay: 
         for collector in (HubCollector(hub), PoolCollector(pool)):
             metrics.registry.register(collector)
             stack.callback(metrics.registry.unregister, collector)
-        live = LiveReplies(upstream.watch_reply, metrics.owner_streams)
+        live = LiveReplies(OwnerStreams(upstream.watch_replies), metrics.owner_streams)
         stack.push_async_callback(live.close)
         log.info("gateway resources open: genservice at %s, pool %r", config.genservice_target, config.name)
         yield Resources(

@@ -19,7 +19,7 @@ from starlette.staticfiles import StaticFiles
 
 from gateway import views
 from gateway.chat import chat_routes
-from gateway.follow import follow_reply
+from gateway.follow import follow_reply, rest_of_reply
 from gateway.payloads import ReplyRequest, content_too_large, parse_page_size, read_json, resume_offset
 from gateway.relay import EventStreamResponse, first_event
 from gateway.resources import Resources
@@ -49,7 +49,8 @@ async def post_reply(request: Request) -> Response:
     first = await first_event(events, res.config.genservice_timeout_seconds)
     res.metrics.replies_started.inc()
     log.info("reply stream open for message %s", first.started.message_id)
-    return EventStreamResponse(res.relay.body(first, events, "reply"))
+    rest = await rest_of_reply(res, user_id, first.started, events)
+    return EventStreamResponse(res.relay.body(first, rest, "reply"))
 
 
 async def message_events(request: Request) -> Response:

@@ -1,7 +1,7 @@
 """The gateway's gRPC channels to genservice and the calls it makes on them.
 
-One channel shares the calls over every configured genservice (round-robin); besides it, a reply's
-live text is watched on the process that runs it, through a channel of its own opened on first use,
+One channel shares the calls over every configured genservice (round-robin); besides it, live replies
+are watched on the process that runs them, through a channel of its own opened on first use,
 only ever to an address of GENSERVICE_TARGET: an address read from the database is never dialled
 unless it is configured. Unary calls carry a deadline; a reply stream has none (a reply may take
 minutes), so its first event is bounded by the caller instead. gRPC failures become ApiErrors here.
@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,6 +25,8 @@ from genservice.v1 import genservice_pb2 as pb
 from genservice.v1 import genservice_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+
+WatchRepliesCall: TypeAlias = grpc.aio.StreamStreamCall[pb.WatchRepliesRequest, pb.WatchRepliesResponse]
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 START_RETRY_SECONDS = 2
@@ -99,15 +101,15 @@ class Upstream:
             if pending:
                 self._pending_starts -= 1
 
-    async def watch_reply(self, address: str, request: pb.WatchReplyRequest) -> AsyncIterator[pb.ReplyEvent]:
-        """WatchReply on the genservice at `address`, which must be one that `dials`."""
+    def watch_replies(self, address: str) -> WatchRepliesCall:
+        """A WatchReplies call on the genservice at `address`, which must be one that `dials`."""
         if not self.dials(address):
             raise ValueError(f"{address!r} is not a configured genservice")
         stub = self._owners.get(address)
         if stub is None:
             stub = self._owners[address] = pb_grpc.GenerationServiceStub(self._dial(address))
-        async for event in self._events(stub.WatchReply(request, metadata=self._metadata)):
-            yield event
+        call: WatchRepliesCall = stub.WatchReplies(metadata=self._metadata)
+        return call
 
     async def _events(self, call: grpc.aio.UnaryStreamCall[Any, pb.ReplyEvent]) -> AsyncIterator[pb.ReplyEvent]:
         try:

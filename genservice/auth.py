@@ -51,8 +51,13 @@ async def _refuse_stream(request: Any, context: Context) -> AsyncIterator[Any]:
 
 
 def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` that answers UNAUTHENTICATED (every RPC here takes one request)."""
-    make = grpc.unary_stream_rpc_method_handler if handler.response_streaming else grpc.unary_unary_rpc_method_handler
+    """A handler of the same kind as `handler` that answers UNAUTHENTICATED."""
+    if handler.request_streaming:
+        make = grpc.stream_stream_rpc_method_handler
+    elif handler.response_streaming:
+        make = grpc.unary_stream_rpc_method_handler
+    else:
+        make = grpc.unary_unary_rpc_method_handler
     return make(
         _refuse_stream if handler.response_streaming else _refuse_unary,
         request_deserializer=handler.request_deserializer,

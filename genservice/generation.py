@@ -15,7 +15,8 @@ the end is published at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from enum import Enum
 
 from genservice.pacing import Ticker
@@ -36,6 +37,20 @@ class Abandoned(Exception):
     """The end is not known here (the message ended elsewhere): the follower goes on from Postgres."""
 
 
+@dataclass(slots=True)
+class Cursor:
+    """Where one follower is in a generation's text."""
+
+    # the offset just past the text it was given
+    offset: int
+    # the pieces it has taken
+    parts: int
+    # its first take: every piece there was when it attached
+    backlog: str | None
+    # characters past the text so far that it has already
+    ahead: int
+
+
 class Generation:
     def __init__(self, reply: StartedReply, ticker: Ticker | None = None) -> None:
         self.message_id = reply.assistant.id
@@ -54,6 +69,8 @@ class Generation:
         # set and replaced on every change, while someone waits for one
         self._changed = asyncio.Event()
         self._waiting = 0
+        # called on every change, beside the event: one gateway's stream of every reply it watches here
+        self._listeners: list[Callable[[], None]] = []
         self._stop = asyncio.Event()
         self.stop_reason: StopReason | None = None
 
@@ -89,6 +106,17 @@ class Generation:
         self._abandoned = True
         self._publish()
 
+    @property
+    def abandoned(self) -> bool:
+        return self._abandoned
+
+    def listen(self, listener: Callable[[], None]) -> None:
+        """Call `listener` on every change: new text for followers, the end, or the end abandoned."""
+        self._listeners.append(listener)
+
+    def unlisten(self, listener: Callable[[], None]) -> None:
+        self._listeners.remove(listener)
+
     def _publish(self) -> None:
         # also the tick's call after an end published everything: then it wakes no one
         self._held = False
@@ -96,6 +124,8 @@ class Generation:
         if self._waiting:
             changed, self._changed = self._changed, asyncio.Event()
             changed.set()
+        for listener in self._listeners:
+            listener()
 
     async def _change(self) -> None:
         self._waiting += 1
@@ -104,23 +134,37 @@ class Generation:
         finally:
             self._waiting -= 1
 
+    def cursor(self, offset: int) -> Cursor:
+        """A follower's place after `offset`: its first take is every piece there is, published or not."""
+        return Cursor(offset, len(self._parts), self.text[offset:], max(0, offset - self.length))
+
+    def take(self, cursor: Cursor) -> str:
+        """The text after `cursor` that followers may have now, as one delta; the cursor moves past it."""
+        if cursor.backlog is not None:
+            text, cursor.backlog = cursor.backlog, None
+        else:
+            # whatever was published while this follower waited or was busy with its last delta
+            published = max(cursor.parts, self._published)
+            text = "".join(self._parts[cursor.parts : published])
+            cursor.parts = published
+        if cursor.ahead:
+            # characters yet to come that the follower has already
+            text, cursor.ahead = text[cursor.ahead :], max(0, cursor.ahead - len(text))
+        cursor.offset += len(text)
+        return text
+
     async def follow(self, offset: int) -> AsyncIterator[tuple[int, str] | MessageRecord]:
         """(offset, text) deltas after `offset`, each all the text there is, then the final record.
 
         Raises Abandoned when the end is not known here; what it yielded so far is exact. An offset
         past the text so far waits for the text to pass it.
         """
-        sent = offset
-        parts = len(self._parts)
-        backlog = self.text[offset:]
-        # characters yet to come that the follower has already
-        ahead = max(0, offset - self.length)
+        cursor = self.cursor(offset)
         while True:
-            if ahead:
-                backlog, ahead = backlog[ahead:], max(0, ahead - len(backlog))
-            if backlog:
-                yield sent, backlog
-                sent += len(backlog)
+            start = cursor.offset
+            text = self.take(cursor)
+            if text:
+                yield start, text
             elif self.final is not None:
                 yield self.final
                 return
@@ -128,8 +172,3 @@ class Generation:
                 raise Abandoned
             else:
                 await self._change()
-            # whatever was published while this follower waited or was busy with its last delta (it
-            # attached with every piece there was, published or not)
-            published = max(parts, self._published)
-            backlog = "".join(self._parts[parts:published])
-            parts = published

@@ -19,6 +19,7 @@ from genservice.replies.listener import ListenerHub
 from genservice.replies.records import MessageRecord, Status
 from genservice.replies.shared_reads import SharedReads
 from genservice.replies.validation import bounded_text, parse_id, parse_offset, require_content, require_user
+from genservice.reply_watches import ReplyWatches
 from genservice.rpc_errors import Context, rpc, service_error
 from genservice.v1 import genservice_pb2 as pb
 from genservice.v1 import genservice_pb2_grpc as pb_grpc
@@ -84,11 +85,14 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
         except asyncio.CancelledError:
             starting.add_done_callback(_report_unheard_failure)
             raise
-        yield pb.ReplyEvent(
-            started=pb.ReplyStarted(message_id=reply.assistant.id, conversation_id=reply.conversation_id)
-        )
         message_id = reply.assistant.id
-        async for event in self._relay(user_id, message_id, self._generations.get(message_id), 0):
+        generation = self._generations.get(message_id)
+        # a caller that can reach this process may follow the reply on its one WatchReplies stream instead
+        owner_addr = self._generations.owner_addr if generation is not None else ""
+        yield pb.ReplyEvent(
+            started=pb.ReplyStarted(message_id=message_id, conversation_id=reply.conversation_id, owner_addr=owner_addr)
+        )
+        async for event in self._relay(user_id, message_id, generation, 0):
             yield event
 
     @rpc
@@ -107,6 +111,20 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
         yield pb.ReplyEvent(started=pb.ReplyStarted(message_id=message_id, conversation_id=generation.conversation_id))
         async for event in self._relay(user_id, message_id, generation, offset):
             yield event
+
+    @rpc
+    async def WatchReplies(  # noqa: N802
+        self, requests: AsyncIterator[pb.WatchRepliesRequest], context: Context
+    ) -> AsyncIterator[pb.WatchRepliesResponse]:
+        """Every reply the caller watches here, from memory; it follows the others from Postgres itself."""
+        watches = ReplyWatches(self._generations.get)
+        reading = asyncio.create_task(watches.read(requests), name="watch-replies-requests")
+        try:
+            async for batch in watches.batches():
+                yield batch
+        finally:
+            reading.cancel()
+            watches.close()
 
     @rpc
     async def GetMessage(self, request: pb.GetMessageRequest, context: Context) -> pb.Message:  # noqa: N802

@@ -405,17 +405,23 @@ class ReplyStarted(_message.Message):
 
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    OWNER_ADDR_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     conversation_id: _builtins.str
+    owner_addr: _builtins.str
+    """Where the reply runs, for WatchReplies: set on StreamReply's `started` when
+    this process runs it.
+    """
     def __init__(
         self,
         *,
         message_id: _builtins.str = ...,
         conversation_id: _builtins.str = ...,
+        owner_addr: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "message_id", b"message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "message_id", b"message_id", "owner_addr", b"owner_addr"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -493,3 +499,112 @@ class ReplyEvent(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___ReplyEvent: _TypeAlias = ReplyEvent  # noqa: Y015
+
+@_typing.final
+class ReplyWatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WATCH_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    watch_id: _builtins.int
+    """Chosen by the caller, unique on its stream; names the watch's events."""
+    user_id: _builtins.str
+    message_id: _builtins.str
+    offset: _builtins.int
+    """Character offset to start after."""
+    def __init__(
+        self,
+        *,
+        watch_id: _builtins.int = ...,
+        user_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "offset", b"offset", "user_id", b"user_id", "watch_id", b"watch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplyWatch: _TypeAlias = ReplyWatch  # noqa: Y015
+
+@_typing.final
+class WatchRepliesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WATCH_FIELD_NUMBER: _builtins.int
+    UNWATCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def watch(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplyWatch]: ...
+    @_builtins.property
+    def unwatch(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """watch_ids whose events the caller no longer wants"""
+
+    def __init__(
+        self,
+        *,
+        watch: _abc.Iterable[Global___ReplyWatch] | None = ...,
+        unwatch: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["unwatch", b"unwatch", "watch", b"watch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRepliesRequest: _TypeAlias = WatchRepliesRequest  # noqa: Y015
+
+@_typing.final
+class WatchedEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WATCH_ID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    LOST_FIELD_NUMBER: _builtins.int
+    watch_id: _builtins.int
+    lost: _builtins.str
+    """the watch ended without `finished`, and why: the reply is not running
+    here, or it ended elsewhere
+    """
+    @_builtins.property
+    def event(self) -> Global___ReplyEvent:
+        """started, then deltas, then finished, which ends the watch"""
+
+    def __init__(
+        self,
+        *,
+        watch_id: _builtins.int = ...,
+        event: Global___ReplyEvent | None = ...,
+        lost: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "lost", b"lost", "what", b"what"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "lost", b"lost", "watch_id", b"watch_id", "what", b"what"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_what: _TypeAlias = _typing.Literal["event", "lost"]  # noqa: Y015
+    _WhichOneofArgType_what: _TypeAlias = _typing.Literal["what", b"what"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_what) -> _WhichOneofReturnType_what | None: ...
+
+Global___WatchedEvent: _TypeAlias = WatchedEvent  # noqa: Y015
+
+@_typing.final
+class WatchRepliesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___WatchedEvent]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___WatchedEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRepliesResponse: _TypeAlias = WatchRepliesResponse  # noqa: Y015

@@ -46,6 +46,11 @@ class GenerationServiceStub:
                 request_serializer=genservice_dot_v1_dot_genservice__pb2.WatchReplyRequest.SerializeToString,
                 response_deserializer=genservice_dot_v1_dot_genservice__pb2.ReplyEvent.FromString,
                 _registered_method=True)
+        self.WatchReplies = channel.stream_stream(
+                '/genservice.v1.GenerationService/WatchReplies',
+                request_serializer=genservice_dot_v1_dot_genservice__pb2.WatchRepliesRequest.SerializeToString,
+                response_deserializer=genservice_dot_v1_dot_genservice__pb2.WatchRepliesResponse.FromString,
+                _registered_method=True)
         self.GetMessage = channel.unary_unary(
                 '/genservice.v1.GenerationService/GetMessage',
                 request_serializer=genservice_dot_v1_dot_genservice__pb2.GetMessageRequest.SerializeToString,
@@ -89,6 +94,17 @@ class GenerationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchReplies(self, request_iterator, context):
+        """One stream for every live reply that a caller (a gateway) follows on this
+        process: the caller adds and drops watches as it goes, and each message
+        carries the new events of every watched reply together. A reply that does
+        not run here (or ends elsewhere) ends its watch with `lost`; the caller
+        then follows it from Postgres.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetMessage(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -126,6 +142,11 @@ def add_GenerationServiceServicer_to_server(servicer, server):
                     servicer.WatchReply,
                     request_deserializer=genservice_dot_v1_dot_genservice__pb2.WatchReplyRequest.FromString,
                     response_serializer=genservice_dot_v1_dot_genservice__pb2.ReplyEvent.SerializeToString,
+            ),
+            'WatchReplies': grpc.stream_stream_rpc_method_handler(
+                    servicer.WatchReplies,
+                    request_deserializer=genservice_dot_v1_dot_genservice__pb2.WatchRepliesRequest.FromString,
+                    response_serializer=genservice_dot_v1_dot_genservice__pb2.WatchRepliesResponse.SerializeToString,
             ),
             'GetMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMessage,
@@ -204,6 +225,33 @@ class GenerationService:
             '/genservice.v1.GenerationService/WatchReply',
             genservice_dot_v1_dot_genservice__pb2.WatchReplyRequest.SerializeToString,
             genservice_dot_v1_dot_genservice__pb2.ReplyEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchReplies(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/genservice.v1.GenerationService/WatchReplies',
+            genservice_dot_v1_dot_genservice__pb2.WatchRepliesRequest.SerializeToString,
+            genservice_dot_v1_dot_genservice__pb2.WatchRepliesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,13 @@ class GenerationServiceStub:
     """
     WatchReply: _grpc.UnaryStreamMultiCallable[_genservice_pb2.WatchReplyRequest, _genservice_pb2.ReplyEvent]
     """Follows any message, live or finished, from a character offset."""
+    WatchReplies: _grpc.StreamStreamMultiCallable[_genservice_pb2.WatchRepliesRequest, _genservice_pb2.WatchRepliesResponse]
+    """One stream for every live reply that a caller (a gateway) follows on this
+    process: the caller adds and drops watches as it goes, and each message
+    carries the new events of every watched reply together. A reply that does
+    not run here (or ends elsewhere) ends its watch with `lost`; the caller
+    then follows it from Postgres.
+    """
     GetMessage: _grpc.UnaryUnaryMultiCallable[_genservice_pb2.GetMessageRequest, _genservice_pb2.Message]
     ListMessages: _grpc.UnaryUnaryMultiCallable[_genservice_pb2.ListMessagesRequest, _genservice_pb2.ListMessagesResponse]
     ListConversations: _grpc.UnaryUnaryMultiCallable[_genservice_pb2.ListConversationsRequest, _genservice_pb2.ListConversationsResponse]
@@ -62,6 +69,13 @@ class GenerationServiceAsyncStub(GenerationServiceStub):
     """
     WatchReply: _aio.UnaryStreamMultiCallable[_genservice_pb2.WatchReplyRequest, _genservice_pb2.ReplyEvent]  # type: ignore[assignment]
     """Follows any message, live or finished, from a character offset."""
+    WatchReplies: _aio.StreamStreamMultiCallable[_genservice_pb2.WatchRepliesRequest, _genservice_pb2.WatchRepliesResponse]  # type: ignore[assignment]
+    """One stream for every live reply that a caller (a gateway) follows on this
+    process: the caller adds and drops watches as it goes, and each message
+    carries the new events of every watched reply together. A reply that does
+    not run here (or ends elsewhere) ends its watch with `lost`; the caller
+    then follows it from Postgres.
+    """
     GetMessage: _aio.UnaryUnaryMultiCallable[_genservice_pb2.GetMessageRequest, _genservice_pb2.Message]  # type: ignore[assignment]
     ListMessages: _aio.UnaryUnaryMultiCallable[_genservice_pb2.ListMessagesRequest, _genservice_pb2.ListMessagesResponse]  # type: ignore[assignment]
     ListConversations: _aio.UnaryUnaryMultiCallable[_genservice_pb2.ListConversationsRequest, _genservice_pb2.ListConversationsResponse]  # type: ignore[assignment]
@@ -91,6 +105,19 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_genservice_pb2.ReplyEvent], _abc.AsyncIterator[_genservice_pb2.ReplyEvent]]:
         """Follows any message, live or finished, from a character offset."""
+
+    @_abc_1.abstractmethod
+    def WatchReplies(
+        self,
+        request_iterator: _MaybeAsyncIterator[_genservice_pb2.WatchRepliesRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_genservice_pb2.WatchRepliesResponse], _abc.AsyncIterator[_genservice_pb2.WatchRepliesResponse]]:
+        """One stream for every live reply that a caller (a gateway) follows on this
+        process: the caller adds and drops watches as it goes, and each message
+        carries the new events of every watched reply together. A reply that does
+        not run here (or ends elsewhere) ends its watch with `lost`; the caller
+        then follows it from Postgres.
+        """
 
     @_abc_1.abstractmethod
     def GetMessage(

@@ -1,4 +1,4 @@
-"""The shared owner stream on its own, fed by a source the test writes to."""
+"""The shared replies and the owner's one stream on their own, fed by a call the test answers for the owner."""
 
 from __future__ import annotations
 
@@ -10,75 +10,164 @@ from prometheus_client import CollectorRegistry
 
 from gateway.live_replies import LiveReplies, LiveReplyLost
 from gateway.metrics import GatewayMetrics
+from gateway.owner_streams import OwnerStreams
 from gateway.relay import close_events
 from genservice.v1 import genservice_pb2 as pb
 
-STARTED = pb.ReplyEvent(started=pb.ReplyStarted(message_id="m", conversation_id="c"))
 
-
-class Owner:
-    """What the owner sends on each WatchReply, put by the test; None ends the stream without `finished`."""
+class Call:
+    """One WatchReplies call as the owner would answer it: the test puts the responses; None ends the stream."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[pb.ReplyEvent | None] = asyncio.Queue()
-        self.calls: list[pb.WatchReplyRequest] = []
-        self.sent = 0
-        self.closed = asyncio.Event()
+        self.responses: asyncio.Queue[pb.WatchRepliesResponse | None] = asyncio.Queue()
+        self.requests: list[pb.WatchRepliesRequest] = []
+        self.written = asyncio.Event()
+        self.cancelled = False
+        self.sent: dict[int, int] = {}
 
-    async def watch(self, address: str, request: pb.WatchReplyRequest) -> AsyncIterator[pb.ReplyEvent]:
-        self.calls.append(request)
-        try:
-            while (event := await self.queue.get()) is not None:
-                yield event
-        finally:
-            self.closed.set()
+    async def write(self, request: pb.WatchRepliesRequest) -> None:
+        self.requests.append(request)
+        self.written.set()
 
-    def put(self, text: str) -> None:
-        self.queue.put_nowait(pb.ReplyEvent(delta=pb.ReplyDelta(offset=self.sent, text=text)))
-        self.sent += len(text)
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+    def __aiter__(self) -> AsyncIterator[pb.WatchRepliesResponse]:
+        return self._responses()
+
+    async def _responses(self) -> AsyncIterator[pb.WatchRepliesResponse]:
+        while (response := await self.responses.get()) is not None:
+            yield response
+
+    async def watches(self, count: int) -> list[pb.ReplyWatch]:
+        async with asyncio.timeout(5):
+            while sum(len(r.watch) for r in self.requests) < count:
+                self.written.clear()
+                await self.written.wait()
+        return [w for r in self.requests for w in r.watch]
+
+    async def unwatched(self) -> list[int]:
+        async with asyncio.timeout(5):
+            while not any(r.unwatch for r in self.requests):
+                self.written.clear()
+                await self.written.wait()
+        return [i for r in self.requests for i in r.unwatch]
+
+    def started(self, watch_id: int) -> None:
+        event = pb.ReplyEvent(started=pb.ReplyStarted(message_id="m", conversation_id="c"))
+        self.send(pb.WatchedEvent(watch_id=watch_id, event=event))
+
+    def put(self, watch_id: int, text: str) -> None:
+        offset = self.sent.get(watch_id, 0)
+        self.sent[watch_id] = offset + len(text)
+        event = pb.ReplyEvent(delta=pb.ReplyDelta(offset=offset, text=text))
+        self.send(pb.WatchedEvent(watch_id=watch_id, event=event))
+
+    def send(self, *events: pb.WatchedEvent) -> None:
+        self.responses.put_nowait(pb.WatchRepliesResponse(events=events))
 
 
-def live_replies(owner: Owner, max_chars: int = 1000) -> tuple[LiveReplies, CollectorRegistry]:
+class Owners:
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self._opened = asyncio.Event()
+
+    def open_call(self, address: str) -> Call:
+        call = Call()
+        self.calls.append(call)
+        self._opened.set()
+        return call
+
+    async def call(self, index: int = 0) -> Call:
+        """The index-th call opened, once it is."""
+        async with asyncio.timeout(5):
+            while len(self.calls) <= index:
+                self._opened.clear()
+                await self._opened.wait()
+        return self.calls[index]
+
+
+def live_replies(owners: Owners, max_chars: int = 1000) -> tuple[LiveReplies, CollectorRegistry]:
     registry = CollectorRegistry()
-    return LiveReplies(owner.watch, GatewayMetrics(registry).owner_streams, max_chars), registry
+    streams = OwnerStreams(owners.open_call)
+    return LiveReplies(streams, GatewayMetrics(registry).owner_streams, max_chars), registry
 
 
 async def test_a_slow_follower_gets_everything_waiting_as_one_delta() -> None:
-    owner = Owner()
-    live, registry = live_replies(owner)
-    owner.queue.put_nowait(STARTED)
+    owners = Owners()
+    live, registry = live_replies(owners)
     fast = aiter(live.follow("o", "u", "m", 0))
     slow = aiter(live.follow("o", "u", "m", 2))
-    assert await anext(fast) == await anext(slow) == STARTED
+    first_fast = asyncio.ensure_future(anext(fast))
+    call = await owners.call()
+    (watch,) = await call.watches(1)
+    assert (watch.user_id, watch.message_id, watch.offset) == ("u", "m", 0)
+    call.started(watch.watch_id)
+    assert await first_fast == await anext(slow)
     for piece in ["ab", "cd", "ef"]:
-        owner.put(piece)
+        call.put(watch.watch_id, piece)
         assert (await anext(fast)).delta.text == piece
     assert (await anext(slow)).delta == pb.ReplyDelta(offset=2, text="cdef")
-    assert len(owner.calls) == 1 and owner.calls[0].offset == 0
     assert registry.get_sample_value("gateway_owner_streams") == 1
     await close_events(fast)
-    assert not owner.closed.is_set()
-    # the last follower gone, the owner's stream is closed
+    assert not any(r.unwatch for r in call.requests)
+    # the last follower gone, the reply is unwatched; the owner's stream stays for the next
     await close_events(slow)
-    async with asyncio.timeout(5):
-        await owner.closed.wait()
-    await live.close()
+    assert await call.unwatched() == [watch.watch_id]
     assert registry.get_sample_value("gateway_owner_streams") == 0
+    assert not call.cancelled
+    await live.close()
+    assert call.cancelled
+
+
+async def test_replies_on_one_owner_share_its_stream_and_fail_alone() -> None:
+    owners = Owners()
+    live, _ = live_replies(owners)
+    one = aiter(live.follow("o", "u", "m1", 0))
+    two = aiter(live.follow("o", "u", "m2", 0))
+    firsts = asyncio.gather(anext(one), anext(two))
+    call = await owners.call()
+    first, second = await call.watches(2)
+    call.started(first.watch_id)
+    call.started(second.watch_id)
+    await firsts
+    call.send(
+        pb.WatchedEvent(watch_id=first.watch_id, event=pb.ReplyEvent(delta=pb.ReplyDelta(offset=0, text="one"))),
+        pb.WatchedEvent(watch_id=second.watch_id, lost="the reply ended on another process"),
+    )
+    assert (await anext(one)).delta.text == "one"
+    with pytest.raises(LiveReplyLost):
+        await anext(two)
+    # the stream's end lets go of every reply still on it
+    call.responses.put_nowait(None)
+    with pytest.raises(LiveReplyLost):
+        await anext(one)
+    # and the next follower opens another
+    three = aiter(live.follow("o", "u", "m3", 0))
+    pending = asyncio.ensure_future(anext(three))
+    await (await owners.call(1)).watches(1)
+    pending.cancel()
+    await live.close()
 
 
 async def test_past_the_cap_every_follower_is_let_go_after_what_it_was_sent() -> None:
-    owner = Owner()
-    live, _ = live_replies(owner, max_chars=5)
-    owner.queue.put_nowait(STARTED)
+    owners = Owners()
+    live, _ = live_replies(owners, max_chars=5)
     follower = live.follow("o", "u", "m", 0)
-    await anext(follower)
-    owner.put("abc")
+    pending = asyncio.ensure_future(anext(follower))
+    call = await owners.call()
+    (watch,) = await call.watches(1)
+    call.started(watch.watch_id)
+    await pending
+    call.put(watch.watch_id, "abc")
     assert (await anext(follower)).delta.text == "abc"
-    owner.put("def")
+    call.put(watch.watch_id, "def")
     with pytest.raises(LiveReplyLost):
         await anext(follower)
-    # the next follower of that reply is let go at once, with no second stream on the owner
+    assert await call.unwatched() == [watch.watch_id]
+    # the next follower of that reply is let go at once, with no second watch
     with pytest.raises(LiveReplyLost):
         await anext(live.follow("o", "u", "m", 0))
-    assert len(owner.calls) == 1
+    assert len(await call.watches(1)) == 1
     await live.close()
