@@ -65,7 +65,7 @@ async def follow_reply(res: Resources, user_id: str, message_id: str, offset: in
     """`started`, deltas after `offset`, `finished`, as follow_message gives them. Bad input raises before `started`."""
     message_id = parse_id(message_id, "message_id")
     offset = parse_offset(offset)
-    owner = await res.reads.live_owner(user_id, message_id)
+    owner = res.live.owner_of(user_id, message_id) or await res.reads.live_owner(user_id, message_id)
     async for event in _follow(res, user_id, message_id, _Sent(offset), owner):
         yield event
 

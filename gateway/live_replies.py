@@ -149,7 +149,13 @@ class LiveReplies:
         self._open_streams = open_streams
         self._max_chars = max_chars
         self._replies: dict[Key, _SharedReply] = {}
+        # the owner of each reply watched here, by user and message
+        self._owners_of: dict[tuple[str, str], str] = {}
         self._too_long: OrderedDict[Key, None] = OrderedDict()
+
+    def owner_of(self, user_id: str, message_id: str) -> str | None:
+        """Where the user's reply runs, when this process watches it now: its next follower needs no query."""
+        return self._owners_of.get((user_id, message_id))
 
     async def follow(self, owner: str, user_id: str, message_id: str, offset: int) -> AsyncIterator[pb.ReplyEvent]:
         """The message's events from `offset`, through the one watch this process keeps on `owner` for it."""
@@ -172,6 +178,7 @@ class LiveReplies:
     def _open(self, key: Key) -> _SharedReply:
         owner, user_id, message_id = key
         reply = self._replies[key] = _SharedReply(self._max_chars)
+        self._owners_of[user_id, message_id] = owner
         self._open_streams.inc()
 
         def ended() -> None:
@@ -179,6 +186,7 @@ class LiveReplies:
             # the next follower of the message opens a watch of its own
             if self._replies.get(key) is reply:
                 del self._replies[key]
+                del self._owners_of[user_id, message_id]
             if reply.too_long:
                 self._too_long[key] = None
                 if len(self._too_long) > REMEMBERED_TOO_LONG:
