@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import httpx2
+import pytest
 
 from gateway.auth import DEV_USER
 from gateway.server import RunningGateway
@@ -332,3 +333,24 @@ async def test_every_follower_of_a_shared_stream_continues_from_postgres_when_th
                         assert joined(backlog, start=offset) == saved[offset:]
                 assert await metric(client, 'gateway_owner_follows_total{outcome="failed_midway"}') == len(offsets)
                 assert await metric(client, "gateway_owner_streams") == 0
+
+
+@pytest.mark.parametrize("configured", [True, False])
+async def test_the_origin_follows_its_reply_on_the_owner_stream_where_it_can(
+    database_url: str, model_server: ModelServer, genservice_target: str, configured: bool
+) -> None:
+    # the same genservice, named otherwise than it names itself: its address is not one to dial
+    target = genservice_target if configured else genservice_target.replace("127.0.0.1", "localhost")
+    async with started_gateway(gateway_config(database_url, target)) as gateway, http_client(gateway) as client:
+        with model_server.gate() as gate:
+            message = content("origin", f"[[len=1200 {gate.at(HELD_AT)}]]")
+            async with client.stream("POST", "/v1/replies", json={"content": message}) as response:
+                events = stream_events(response)
+                await read_started(events)
+                got = await read_text(events, HELD_AT)
+                # one watch on the owner's shared stream, or the StreamReply call relayed as it is
+                assert await metric(client, "gateway_owner_streams") == (1 if configured else 0)
+                gate.release()
+                got += await read_rest(events)
+    assert joined(got, start=0) == reply_text(message)
+    assert got[-1].json()["message"]["status"] == "complete"
