@@ -6,15 +6,16 @@ they carried:
 
 - model read: genservice's `stream_reply` (the openai client over aiohttp) reading the bench's model
   server, 50 tokens/s per stream; per token.
-- gRPC message: a grpc.aio server streaming `ReplyEvent` deltas on one shared tick, as a busy
-  genservice does, and a grpc.aio client reading them, as a gateway does; per message, each side.
+- gRPC delta: a grpc.aio server sending every stream's delta on one `WatchReplies` stream each
+  shared tick, as a busy genservice does, and a grpc.aio client reading them and handing each to
+  its reply, as a gateway does; per delta, each side.
 - SSE frame: the gateway's relay and `EventStreamResponse` under uvicorn, as `make run` serves them;
   per frame written to a reader.
 
-Then the product's budget per token: one model read; one gRPC message per caller per tick, two
-callers (the origin's gateway and the followers' gateway); one SSE frame per reader per tick, three
-readers. The save batcher and Postgres are left out, so the budget is a floor. Two cores divided by
-it bound the streams the product could carry at all, with no room left for the readers or queueing.
+Then the product's budget per token: one model read; one gRPC delta per gateway per tick, two
+gateways (the origin's and the followers'); one SSE frame per reader per tick, three readers. The
+save batcher and Postgres are left out, so the budget is a floor. Two cores divided by it bound the
+streams the product could carry at all, with no room left for the readers or queueing.
 
     python -m bench.hops [--streams 100] [--seconds 10]
 """
@@ -52,7 +53,7 @@ from genservice.v1 import genservice_pb2_grpc as pb_grpc
 
 TOKEN_RATE = 50.0
 TICK_SECONDS = 0.04
-CALLERS_PER_STREAM = 2
+GATEWAYS_PER_STREAM = 2
 READERS_PER_STREAM = 3
 DELTA_TEXT = "abcdefgh"
 CORES = 2
@@ -108,24 +109,32 @@ async def _deltas(tick: _Tick, count: int) -> AsyncIterator[pb.ReplyEvent]:
         yield pb.ReplyEvent(delta=pb.ReplyDelta(offset=offset, text=DELTA_TEXT))
 
 
-async def _grpc_server(port: int, messages: int) -> None:
+async def _grpc_server(port: int, messages: int, streams: int) -> None:
     tick = _Tick()
 
     async def watch(
-        request: pb.WatchReplyRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.ReplyEvent]:
+        requests: AsyncIterator[pb.WatchRepliesRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.WatchRepliesResponse]:
         # grpc.aio streams a handler's results only when the handler itself is an async generator
-        async for event in _deltas(tick, messages):
-            yield event
+        for offset in range(0, messages * len(DELTA_TEXT), len(DELTA_TEXT)):
+            await tick.event.wait()
+            yield pb.WatchRepliesResponse(
+                events=[
+                    pb.WatchedEvent(
+                        watch_id=watch_id, event=pb.ReplyEvent(delta=pb.ReplyDelta(offset=offset, text=DELTA_TEXT))
+                    )
+                    for watch_id in range(streams)
+                ]
+            )
 
-    handler = grpc.unary_stream_rpc_method_handler(
+    handler = grpc.stream_stream_rpc_method_handler(
         watch,
-        request_deserializer=pb.WatchReplyRequest.FromString,
-        response_serializer=pb.ReplyEvent.SerializeToString,
+        request_deserializer=pb.WatchRepliesRequest.FromString,
+        response_serializer=pb.WatchRepliesResponse.SerializeToString,
     )
     server = grpc.aio.server()
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("genservice.v1.GenerationService", {"WatchReply": handler}),)
+        (grpc.method_handlers_generic_handler("genservice.v1.GenerationService", {"WatchReplies": handler}),)
     )
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -133,16 +142,18 @@ async def _grpc_server(port: int, messages: int) -> None:
     await server.wait_for_termination()
 
 
-async def _grpc_client(port: int, streams: int) -> None:
+async def _grpc_client(port: int) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.GenerationServiceStub(channel)
         await channel.channel_ready()
         await _go()
-
-        async def read() -> int:
-            return sum([1 async for _ in stub.WatchReply(pb.WatchReplyRequest(message_id="bench"))])
-
-        _done(sum(await asyncio.gather(*(read() for _ in range(streams)))))
+        ends: dict[int, int] = {}
+        async for response in stub.WatchReplies():
+            for watched in response.events:
+                # what a gateway's reader does per delta: find its reply, take the text
+                delta = watched.event.delta
+                ends[watched.watch_id] = delta.offset + len(delta.text)
+        _done(sum(end // len(DELTA_TEXT) for end in ends.values()))
 
 
 async def _sse_server(port: int, messages: int) -> None:
@@ -176,9 +187,9 @@ def _role(argv: Sequence[str]) -> None:
     if role == "model-reader":
         asyncio.run(_model_reader(args[0], args[1:]))
     elif role == "grpc-server":
-        asyncio.run(_grpc_server(int(args[0]), int(args[1])))
+        asyncio.run(_grpc_server(int(args[0]), int(args[1]), int(args[2])))
     elif role == "grpc-client":
-        asyncio.run(_grpc_client(int(args[0]), int(args[1])))
+        asyncio.run(_grpc_client(int(args[0])))
     elif role == "sse-server":
         asyncio.run(_sse_server(int(args[0]), int(args[1])))
     else:
@@ -250,12 +261,12 @@ async def _model_read(streams: int, seconds: float) -> float:
         await model.close()
 
 
-async def _grpc_message(streams: int, seconds: float) -> tuple[float, float]:
-    """CPU µs per message of the gRPC server and of its client."""
+async def _grpc_delta(streams: int, seconds: float) -> tuple[float, float]:
+    """CPU µs per delta of the gRPC server and of its client."""
     port = free_port()
     messages = int(seconds / TICK_SECONDS)
-    server = await _Loaded.start("grpc-server", str(port), str(messages))
-    client = await _Loaded.start("grpc-client", str(port), str(streams))
+    server = await _Loaded.start("grpc-server", str(port), str(messages), str(streams))
+    client = await _Loaded.start("grpc-client", str(port))
     try:
         before = server.cpu_seconds(), client.cpu_seconds()
         client.go()
@@ -292,13 +303,13 @@ async def _sse_frame(streams: int, seconds: float) -> float:
 async def _measure(streams: int, seconds: float) -> None:
     started = time.monotonic()
     read = await _model_read(streams, seconds)
-    send, receive = await _grpc_message(streams, seconds)
+    send, receive = await _grpc_delta(streams, seconds)
     frame = await _sse_frame(streams, seconds)
     ticks_per_token = 1 / (TICK_SECONDS * TOKEN_RATE)
     rows = [
         ("model read (genservice)", read, 1.0),
-        ("gRPC message sent (genservice)", send, CALLERS_PER_STREAM * ticks_per_token),
-        ("gRPC message read (gateway)", receive, CALLERS_PER_STREAM * ticks_per_token),
+        ("gRPC delta sent (genservice)", send, GATEWAYS_PER_STREAM * ticks_per_token),
+        ("gRPC delta read (gateway)", receive, GATEWAYS_PER_STREAM * ticks_per_token),
         ("SSE frame written (gateway)", frame, READERS_PER_STREAM * ticks_per_token),
     ]
     report(f"\nCPU per event of each hop, measured alone at {streams} streams ({seconds:g} s each):")
