@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
-from starlette.responses import StreamingResponse
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway import sse, views
@@ -56,20 +56,51 @@ async def first_event(events: AsyncIterator[pb.ReplyEvent], timeout: float) -> p
         raise from_exception(exc) from None
 
 
-class EventStreamResponse(StreamingResponse):
-    """An SSE response whose body is closed when the response ends, however it ends (a client gone, too)."""
+class EventStreamResponse(Response):
+    """An SSE response: the body written as it comes until it ends or the client goes away; closed either way.
+
+    The body is written by a task of its own, so that each frame resumes a short stack rather than the
+    whole middleware chain, while the request's task waits for the client to go away (uvicorn's `send`
+    ignores a gone client instead of raising). Whichever ends first ends the other.
+    """
 
     media_type = sse.MEDIA_TYPE
 
     def __init__(self, body: AsyncIterator[bytes], headers: Mapping[str, str] = sse.HEADERS) -> None:
-        super().__init__(body, headers=headers)
+        self.body_iterator = body
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        writing = asyncio.create_task(self._write(send))
+        listening = asyncio.create_task(_until_disconnect(receive))
         try:
-            await super().__call__(scope, receive, send)
+            await asyncio.wait((writing, listening), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if isinstance(self.body_iterator, AsyncGenerator):
-                await self.body_iterator.aclose()
+            listening.cancel()
+            if not writing.done():
+                writing.cancel()
+                # the body's end (its upstream closed) completes before the response does
+                await asyncio.wait((writing,))
+        if not writing.cancelled():
+            writing.result()
+
+    async def _write(self, send: Send) -> None:
+        body = self.body_iterator
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for chunk in body:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            if isinstance(body, AsyncGenerator):
+                await body.aclose()
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 @dataclass(slots=True)
@@ -83,7 +114,10 @@ class Outbox:
 
     def __init__(self, ping_seconds: float, frames: Frames) -> None:
         self._frames = frames
-        self.wake = asyncio.Event()
+        # what the body waits on: a future of the loop's own, since asyncio.Event.wait looks the running loop
+        # up on each call
+        self._waiter: asyncio.Future[None] | None = None
+        self._woken = False
         self._room = asyncio.Event()
         # in order: contiguous deltas merged, other events as they came
         self._items: list[_Delta | pb.ReplyEvent] = []
@@ -103,30 +137,46 @@ class Outbox:
         now = self._loop.time()
         if now - self._written_at >= self._ping_seconds:
             self.ping_due = True
-            self.wake.set()
+            self.wake()
             self._written_at = now
         self._ping_timer = self._loop.call_at(self._written_at + self._ping_seconds, self._check_idle)
 
-    async def put(self, event: pb.ReplyEvent) -> None:
+    def wake(self) -> None:
+        self._woken = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def woken(self) -> None:
+        """Returns once something is new since it last returned: events, the upstream's end, a ping due, closing."""
+        if not self._woken:
+            self._waiter = self._loop.create_future()
+            await self._waiter
+        self._woken = False
+
+    async def put(self, event: pb.ReplyEvent) -> bool:
+        """Adds the event; returns whether it was `finished`, the stream's last."""
         while self._chars >= MAX_PENDING_CHARS:
             self._room.clear()
             await self._room.wait()
-        if event.WhichOneof("event") == "delta":
+        kind = event.WhichOneof("event")
+        if kind == "delta":
             delta = event.delta
-            last = self._items[-1] if self._items else None
-            if isinstance(last, _Delta) and self._end == delta.offset:
-                last.pieces.append(delta.text)
+            offset, text = delta.offset, delta.text
+            items = self._items
+            if items and self._end == offset and isinstance(items[-1], _Delta):
+                items[-1].pieces.append(text)
             else:
-                self._items.append(_Delta(delta.offset, [delta.text]))
-            self._end = delta.offset + len(delta.text)
-            self._chars += len(delta.text)
+                items.append(_Delta(offset, [text]))
+            self._end = offset + len(text)
+            self._chars += len(text)
         else:
             self._items.append(event)
-        self.wake.set()
+        self.wake()
+        return kind == "finished"
 
     def end(self, ending: str, failure: Exception | None = None) -> None:
         self.ending, self.failure = ending, failure
-        self.wake.set()
+        self.wake()
 
     def take(self) -> tuple[bytes, bool]:
         """Every frame waiting, as one write, and whether it ends with `finished`."""
@@ -163,8 +213,7 @@ async def _pull(events: AsyncIterator[pb.ReplyEvent], outbox: Outbox) -> None:
     """The stream's one reader: upstream events into the outbox, until `finished` or the upstream's end."""
     try:
         async for event in events:
-            await outbox.put(event)
-            if views.is_finished(event):
+            if await outbox.put(event):
                 return
         outbox.end("upstream_ended")
     except Exception as exc:
@@ -194,7 +243,7 @@ class Relay:
         self._draining = self._closing = True
         for outbox in self._open:
             outbox.closing = True
-            outbox.wake.set()
+            outbox.wake()
 
     async def body(
         self,
@@ -223,8 +272,7 @@ class Relay:
                 return
             reader = asyncio.create_task(_pull(events, outbox), name=f"relay-{message_id}")
             while True:
-                await outbox.wake.wait()
-                outbox.wake.clear()
+                await outbox.woken()
                 chunk, finished = outbox.take()
                 if chunk:
                     yield chunk
