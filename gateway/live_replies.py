@@ -4,8 +4,8 @@ The shared reply watches the owner from offset 0, on this process's one WatchRep
 genservice (owner_streams), and keeps the whole text it got (a reply is bounded, and past `max_chars`
 the watch gives up so that its followers go to Postgres instead). A follower
 joining reads its backlog from that text, then everything new as one delta per wake-up: the text is
-a list of pieces with their end offsets, each follower keeps only its own offset, and one event,
-replaced on each change, wakes them all. A slow follower gets all it missed as one delta. The
+a list of pieces with their end offsets, each follower keeps only its own offset, and each change
+wakes every follower waiting. A slow follower gets all it missed as one delta. The
 watch ends with `finished`, which every follower gets, or with a failure, which every follower
 raises as `LiveReplyLost` after the text it was sent; it is dropped when its last follower leaves.
 """
@@ -52,7 +52,9 @@ class _SharedReply:
         # the offset just past each piece
         self._ends: list[int] = []
         self._end = 0
-        self._changed = asyncio.Event()
+        # one future per follower waiting for a change (asyncio.Event.wait looks the running loop up on each call)
+        self._loop = asyncio.get_running_loop()
+        self._waiters: list[asyncio.Future[None]] = []
         # unwatches it on the owner's stream; set once the watch is sent
         self.unwatch: Callable[[], None] = _nothing
         # called once when it finishes or fails
@@ -63,8 +65,15 @@ class _SharedReply:
         return self._finished is not None or self._failure is not None
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _change(self) -> None:
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        await waiter
 
     def apply(self, event: pb.ReplyEvent) -> None:
         """The owner's next event for this reply."""
@@ -123,11 +132,10 @@ class _SharedReply:
         while self._started is None:
             if self._failure is not None:
                 raise self._lost()
-            await self._changed.wait()
+            await self._change()
         yield self._started
         sent = offset
         while True:
-            changed = self._changed
             text = self._text_after(sent)
             if text:
                 yield pb.ReplyEvent(delta=pb.ReplyDelta(offset=sent, text=text))
@@ -138,7 +146,7 @@ class _SharedReply:
             elif self._failure is not None:
                 raise self._lost()
             else:
-                await changed.wait()
+                await self._change()
 
 
 class LiveReplies:
