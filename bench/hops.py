@@ -35,6 +35,7 @@ from typing import Any
 
 import grpc
 import uvicorn
+import uvloop
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -183,15 +184,16 @@ async def _sse_server(port: int, messages: int) -> None:
 
 
 def _role(argv: Sequence[str]) -> None:
+    """One hop's process, on uvloop as genservice and the gateway run."""
     role, *args = argv
     if role == "model-reader":
-        asyncio.run(_model_reader(args[0], args[1:]))
+        uvloop.run(_model_reader(args[0], args[1:]))
     elif role == "grpc-server":
-        asyncio.run(_grpc_server(int(args[0]), int(args[1]), int(args[2])))
+        uvloop.run(_grpc_server(int(args[0]), int(args[1]), int(args[2])))
     elif role == "grpc-client":
-        asyncio.run(_grpc_client(int(args[0])))
+        uvloop.run(_grpc_client(int(args[0])))
     elif role == "sse-server":
-        asyncio.run(_sse_server(int(args[0]), int(args[1])))
+        uvloop.run(_sse_server(int(args[0]), int(args[1])))
     else:
         raise SystemExit(f"unknown role {role}")
 
