@@ -354,3 +354,25 @@ async def test_the_origin_follows_its_reply_on_the_owner_stream_where_it_can(
                 got += await read_rest(events)
     assert joined(got, start=0) == reply_text(message)
     assert got[-1].json()["message"]["status"] == "complete"
+
+
+async def test_the_origin_continues_from_postgres_when_its_owner_dies(
+    database_url: str, pool: Pool, model_server: ModelServer
+) -> None:
+    process_env = {"DATABASE_URL": database_url, "OPENAI_BASE_URL": model_server.base_url, **SHORT_LEASE}
+    async with genservice_process(process_env) as owner:
+        config = gateway_config(database_url, owner.addr)
+        async with started_gateway(config) as gateway, http_client(gateway) as client:
+            with model_server.gate() as gate:
+                message = content("origin's owner dies", f"[[len=1500 {gate.at(HELD_AT)}]]")
+                async with client.stream("POST", "/v1/replies", json={"content": message}) as response:
+                    events = stream_events(response)
+                    message_id = str((await read_started(events))["message_id"])
+                    got = await read_text(events, HELD_AT)
+                    assert await metric(client, "gateway_owner_streams") == 1
+                    await until_saved(pool, message_id, HELD_AT)
+                    owner.signal(signal.SIGKILL)
+                    await owner.wait()
+                    got += await read_rest(events)
+    # the browser that started the reply gets every saved character once, and the end Postgres has
+    assert joined(got, start=0) == saved_error_text(got) == reply_text(message)[:HELD_AT]
