@@ -22,6 +22,7 @@ from gateway.errors import ApiError
 from gateway.live_replies import LiveReplyLost
 from gateway.relay import close_events
 from gateway.resources import Resources
+from genservice.replies import convert
 from genservice.replies.follow import follow_message
 from genservice.replies.validation import parse_id, parse_offset
 from genservice.v1 import genservice_pb2 as pb
@@ -54,7 +55,7 @@ class _Sent:
                 return None
             if delta.offset < self.offset:
                 unsent = delta.text[self.offset - delta.offset :]
-                event = pb.ReplyEvent(delta=pb.ReplyDelta(offset=self.offset, text=unsent))
+                event = convert.delta_event(self.offset, unsent)
             self.offset = end
         elif kind == "finished":
             self.finished = True

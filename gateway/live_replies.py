@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from prometheus_client import Gauge
 
 from gateway.owner_streams import OwnerStreams
+from genservice.replies import convert
 from genservice.v1 import genservice_pb2 as pb
 
 # characters of one reply a gateway keeps in memory for its followers
@@ -138,7 +139,7 @@ class _SharedReply:
         while True:
             text = self._text_after(sent)
             if text:
-                yield pb.ReplyEvent(delta=pb.ReplyDelta(offset=sent, text=text))
+                yield convert.delta_event(sent, text)
                 sent += len(text)
             elif self._finished is not None:
                 yield self._finished

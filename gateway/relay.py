@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import sse, views
 from gateway.errors import ApiError, from_exception
 from gateway.metrics import GatewayMetrics
+from genservice.replies import convert
 from genservice.v1 import genservice_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ class Outbox:
         text = "".join(delta.pieces)
         if self._frames is views.event_frame:
             return views.delta_frame(delta.offset, text)
-        return self._frames(pb.ReplyEvent(delta=pb.ReplyDelta(offset=delta.offset, text=text)))
+        return self._frames(convert.delta_event(delta.offset, text))
 
     def close(self) -> None:
         self._ping_timer.cancel()

@@ -24,6 +24,7 @@ from genservice.replies.backoff import Backoff
 from genservice.replies.database import DATABASE_ERRORS, Pool
 from genservice.replies.errors import Unavailable
 from genservice.replies.listener import ListenerHub, Subscription
+from genservice.replies.notices import Notice
 from genservice.replies.records import Status, Usage
 from genservice.textcut import first_unstorable
 from genservice.writes import Ending, StartedReply, finish_reply
@@ -38,6 +39,10 @@ CAPACITY_RETRY_SECONDS = 2
 UNEXPECTED_FAILURE = Ending(
     Status.ERROR, "the generation failed unexpectedly (an internal error); the text so far is kept"
 )
+
+
+def _ends_or_stops(notice: Notice) -> bool:
+    return notice.terminal or notice.cancel_requested
 
 
 class Generations:
@@ -149,7 +154,8 @@ class Generations:
             self._running.pop(message_id, None)
 
     async def _generate(self, generation: Generation) -> Ending | None:
-        async with self._hub.subscribe(generation.message_id) as stop_requests:
+        # a save's notice says nothing a stop needs: only an end or a stop request wakes the watcher
+        async with self._hub.subscribe(generation.message_id, _ends_or_stops) as stop_requests:
             watcher = asyncio.create_task(self._watch_for_stop(generation, stop_requests))
             try:
                 return await self._stream_until_stopped(generation)
@@ -213,9 +219,7 @@ class Generations:
         A notice is only a reason to look: what Postgres says decides, so a forged one stops nothing.
         """
         while True:
-            notices = await subscription.wait()
-            if notices is not None and not any(n.terminal or n.cancel_requested for n in notices):
-                continue
+            await subscription.wait()
             try:
                 ended, stop_requested = await queries.stop_state(self._pool, generation.message_id)
             except DATABASE_ERRORS:

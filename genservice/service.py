@@ -247,7 +247,7 @@ class GenerationService(pb_grpc.GenerationServiceServicer):
                         yield pb.ReplyEvent(finished=pb.ReplyFinished(message=convert.message_to_pb(item)))
                         return
                     start, text = item
-                    yield pb.ReplyEvent(delta=pb.ReplyDelta(text=text, offset=start))
+                    yield convert.delta_event(start, text)
                     sent = start + len(text)
             except Abandoned:
                 log.info("message %s: ended elsewhere; its caller reads from Postgres at %d", message_id, sent)

@@ -18,6 +18,15 @@ STATUS_TO_PB = {
 ROLE_TO_PB = {Role.USER: pb.ROLE_USER, Role.ASSISTANT: pb.ROLE_ASSISTANT}
 
 
+def delta_event(offset: int, text: str) -> pb.ReplyEvent:
+    """A delta event, built in place: a nested constructor copies the delta, at twice the cost."""
+    event = pb.ReplyEvent()
+    delta = event.delta
+    delta.offset = offset
+    delta.text = text
+    return event
+
+
 def timestamp(moment: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(moment)

@@ -41,7 +41,7 @@ async def follow_message(
         sent, text = offset, read.text
         while True:
             if text:
-                yield pb.ReplyEvent(delta=pb.ReplyDelta(text=text, offset=sent))
+                yield convert.delta_event(sent, text)
                 sent += len(text)
             if final is not None:
                 yield pb.ReplyEvent(finished=pb.ReplyFinished(message=convert.message_to_pb(final)))

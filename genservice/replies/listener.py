@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 
 import psycopg
@@ -31,13 +31,16 @@ DROPPED_LOG_EVERY = 1000
 class Subscription:
     """Notices for one message, bounded: a subscriber that falls behind is told to re-read instead."""
 
-    def __init__(self, message_id: str) -> None:
+    def __init__(self, message_id: str, wants: Callable[[Notice], bool] | None = None) -> None:
         self.message_id = message_id
+        self._wants = wants
         self._notices: deque[Notice] = deque()
         self._resync = False
         self._wake = asyncio.Event()
 
     def _push(self, notice: Notice) -> None:
+        if self._wants is not None and not self._wants(notice):
+            return
         if len(self._notices) >= QUEUE_LIMIT:
             self._notices.clear()
             self._resync = True
@@ -114,8 +117,11 @@ class ListenerHub:
                 await self._task
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, message_id: str) -> AsyncIterator[Subscription]:
-        subscription = Subscription(message_id)
+    async def subscribe(
+        self, message_id: str, wants: Callable[[Notice], bool] | None = None
+    ) -> AsyncIterator[Subscription]:
+        """Notices for the message: all, or those that `wants`; a re-read is always told."""
+        subscription = Subscription(message_id, wants)
         self._subscriptions.setdefault(message_id, set()).add(subscription)
         try:
             yield subscription
