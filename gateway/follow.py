@@ -14,7 +14,6 @@ the truth.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -94,8 +93,9 @@ async def _follow(
         owner_started: asyncio.Future[pb.ReplyEvent] = asyncio.ensure_future(anext(live))
         answered = failed = False
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(owner_started), res.config.owner_start_seconds)
+            # not wait_for: on Python 3.11 it returns the result, and drops this task's cancellation, when both
+            # come at once, and a cancelled relay would then follow the reply to its end
+            await asyncio.wait((owner_started,), timeout=res.config.owner_start_seconds)
             if not owner_started.done():
                 res.metrics.owner_follows.labels(outcome="slow_start").inc()
                 async for event in _stored_until(res, user_id, message_id, sent, owner_started):

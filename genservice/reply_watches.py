@@ -42,6 +42,8 @@ class ReplyWatches:
         # events to send before any due text: `started` of new watches, `lost` of refused ones
         self._pending: list[pb.WatchedEvent] = []
         self._wake = asyncio.Event()
+        # the caller closed its side: once its last watch ends, so does the stream
+        self._requests_ended = False
 
     def apply(self, request: pb.WatchRepliesRequest) -> None:
         """The caller's new watches and the ones it dropped."""
@@ -88,15 +90,21 @@ class ReplyWatches:
         except Exception as exc:
             # the caller's side broke: the call is over, and gRPC ends the handler that sends
             log.debug("a WatchReplies caller's requests ended with %r", exc)
+            return
+        self._requests_ended = True
+        self._wake.set()
 
     async def batches(self) -> AsyncIterator[pb.WatchRepliesResponse]:
-        """Every watch's new events, as one message each time there are any."""
+        """Every watch's new events, as one message each time there are any; done once the caller has
+        closed its side and has no watch left."""
         while True:
             await self._wake.wait()
             self._wake.clear()
             response = self._take()
             if response.events:
                 yield response
+            if self._requests_ended and not self._watches:
+                return
 
     def _take(self) -> pb.WatchRepliesResponse:
         response = pb.WatchRepliesResponse(events=self._pending)

@@ -99,7 +99,8 @@ class GenerationServiceServicer:
         process: the caller adds and drops watches as it goes, and each message
         carries the new events of every watched reply together. A reply that does
         not run here (or ends elsewhere) ends its watch with `lost`; the caller
-        then follows it from Postgres.
+        then follows it from Postgres. Once the caller has closed its side and its
+        last watch has ended, the stream ends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

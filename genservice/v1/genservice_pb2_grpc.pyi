@@ -47,7 +47,8 @@ class GenerationServiceStub:
     process: the caller adds and drops watches as it goes, and each message
     carries the new events of every watched reply together. A reply that does
     not run here (or ends elsewhere) ends its watch with `lost`; the caller
-    then follows it from Postgres.
+    then follows it from Postgres. Once the caller has closed its side and its
+    last watch has ended, the stream ends.
     """
     GetMessage: _grpc.UnaryUnaryMultiCallable[_genservice_pb2.GetMessageRequest, _genservice_pb2.Message]
     ListMessages: _grpc.UnaryUnaryMultiCallable[_genservice_pb2.ListMessagesRequest, _genservice_pb2.ListMessagesResponse]
@@ -74,7 +75,8 @@ class GenerationServiceAsyncStub(GenerationServiceStub):
     process: the caller adds and drops watches as it goes, and each message
     carries the new events of every watched reply together. A reply that does
     not run here (or ends elsewhere) ends its watch with `lost`; the caller
-    then follows it from Postgres.
+    then follows it from Postgres. Once the caller has closed its side and its
+    last watch has ended, the stream ends.
     """
     GetMessage: _aio.UnaryUnaryMultiCallable[_genservice_pb2.GetMessageRequest, _genservice_pb2.Message]  # type: ignore[assignment]
     ListMessages: _aio.UnaryUnaryMultiCallable[_genservice_pb2.ListMessagesRequest, _genservice_pb2.ListMessagesResponse]  # type: ignore[assignment]
@@ -116,7 +118,8 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         process: the caller adds and drops watches as it goes, and each message
         carries the new events of every watched reply together. A reply that does
         not run here (or ends elsewhere) ends its watch with `lost`; the caller
-        then follows it from Postgres.
+        then follows it from Postgres. Once the caller has closed its side and its
+        last watch has ended, the stream ends.
         """
 
     @_abc_1.abstractmethod

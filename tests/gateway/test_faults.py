@@ -38,7 +38,7 @@ async def test_a_killed_listen_connection_costs_latency_not_text(
         message = content("listener lost", f"[[len=2500 {gate.at(300)}]]")
         async with client.stream("POST", "/v1/replies", json={"content": message}) as response:
             message_id = (await read_started(stream_events(response)))["message_id"]
-        await forget_owner_address(pool, message_id)
+        await forget_owner_address(pool, client, message_id)
         async with client.stream("GET", f"/v1/messages/{message_id}/events") as response:
             events = stream_events(response)
             _, got = await read_to_the_gate(events, 300, client)

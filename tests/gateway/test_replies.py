@@ -176,7 +176,7 @@ async def test_many_open_streams_share_one_listen_connection(
         events = stream_events(response)
         message_id = (await read_started(events))["message_id"]
         await events.aclose()
-    await forget_owner_address(pool, message_id)
+    await forget_owner_address(pool, client, message_id)
     streams = 50
     subscribed = asyncio.Barrier(streams + 1)
     texts: list[str] = []

@@ -6,6 +6,8 @@ import asyncio
 import uuid
 from collections import defaultdict
 
+import grpc
+
 from genservice.v1 import genservice_pb2 as pb
 from tests.support.grpc_replies import collect, joined, read_started
 from tests.support.model_server import ModelServer, expected_reply
@@ -30,11 +32,20 @@ class Watching:
     async def until_ended(self, *watch_ids: int) -> None:
         async with asyncio.timeout(15):
             while not self.ended.issuperset(watch_ids):
-                response = await self.call.read()
-                for watched in response.events:
-                    self.events[watched.watch_id].append(watched)
-                    if watched.WhichOneof("what") == "lost" or watched.event.HasField("finished"):
-                        self.ended.add(watched.watch_id)
+                self._take(await self.call.read())
+
+    async def to_the_end(self) -> None:
+        """Every response until the stream itself ends."""
+        async with asyncio.timeout(15):
+            while (response := await self.call.read()) is not grpc.aio.EOF:
+                self._take(response)
+        assert await self.call.code() == grpc.StatusCode.OK
+
+    def _take(self, response: pb.WatchRepliesResponse) -> None:
+        for watched in response.events:
+            self.events[watched.watch_id].append(watched)
+            if watched.WhichOneof("what") == "lost" or watched.event.HasField("finished"):
+                self.ended.add(watched.watch_id)
 
     def replies(self, watch_id: int) -> list[pb.ReplyEvent]:
         return [w.event for w in self.events[watch_id] if w.WhichOneof("what") == "event"]
@@ -52,8 +63,10 @@ async def test_one_stream_carries_several_replies_each_exact(stub, model_server:
     watching = Watching(stub)
     for watch_id, reply in enumerate(started, start=1):
         await watching.watch(watch_id, user_id, reply.message_id, offset=watch_id * 10)
-    await watching.until_ended(1, 2, 3)
-    watching.call.cancel()
+    # a caller that has said all it will: the stream ends once its last watch has
+    await watching.call.done_writing()
+    await watching.to_the_end()
+    assert watching.ended == {1, 2, 3}
 
     for watch_id, content in enumerate(contents, start=1):
         events = watching.replies(watch_id)

@@ -198,10 +198,16 @@ async def listener_pids(pool: Pool, application_name: str) -> list[int]:
         return [row["pid"] for row in await cursor.fetchall()]
 
 
-async def forget_owner_address(pool: Pool, message_id: str) -> None:
-    """The message names no owner address any more: its followers go through Postgres LISTEN."""
+async def forget_owner_address(pool: Pool, client: httpx2.AsyncClient, message_id: str) -> None:
+    """The message names no owner address any more: its next followers go through Postgres LISTEN, once the
+    gateway no longer watches it for a stream that has closed (a reply it watches is followed there)."""
     async with pool.connection() as conn:
         await conn.execute("UPDATE messages SET owner_addr = NULL WHERE id = %s", (message_id,))
+
+    async def unwatched() -> bool:
+        return await metric(client, "gateway_owner_streams") == 0
+
+    await until(unwatched)
 
 
 def gateway_config(database_url: str, genservice_target: str, **changes: Any) -> GatewayConfig:
