@@ -58,8 +58,8 @@ environment:
   SHUTDOWN_GRACE_SECONDS       time open streams get to end on shutdown (10)
   GENSERVICE_TIMEOUT_SECONDS   deadline of a call to genservice and of a stream's first event (10)
   HEALTH_TIMEOUT_SECONDS       bound of each health check (2)
-  OWNER_START_SECONDS          a live reply's owner that starts no follower's stream within this is passed
-                               over for Postgres (0.5)
+  OWNER_START_SECONDS          a live reply's owner that does not answer a follower's watch within this is
+                               read around: Postgres meanwhile, the owner once it answers (0.5)
   GATEWAY_POOL_SIZE            Postgres connections at most (10)
   GATEWAY_NAME                 Postgres application_name; the listener is <name>-listener (gateway)
 """
