@@ -59,6 +59,16 @@ async def until_saved(pool: Pool, message_id: str, chars: int) -> None:
     await until(saved)
 
 
+async def rest_after_the_owner_dies(
+    owner: Process, pool: Pool, message_id: str, events: AsyncGenerator[Event, None]
+) -> list[Event]:
+    """Kill the owner once what was read (HELD_AT characters) is saved; the rest of the stream then."""
+    await until_saved(pool, message_id, HELD_AT)
+    owner.signal(signal.SIGKILL)
+    await owner.wait()
+    return await read_rest(events)
+
+
 def saved_error_text(events: list[Event]) -> str:
     """The text of the `finished` that ends `events`, which must say ERROR."""
     finished = events[-1]
@@ -137,10 +147,7 @@ async def test_a_follower_whose_owner_dies_continues_from_postgres(
                     got = await read_text(events, HELD_AT)
                     assert await metric(client, "gateway_listener_subscriptions") == 0
 
-                    await until_saved(pool, message_id, HELD_AT)
-                    owner.signal(signal.SIGKILL)
-                    await owner.wait()
-                    got += await read_rest(events)
+                    got += await rest_after_the_owner_dies(owner, pool, message_id, events)
                 assert await metric(client, 'gateway_owner_follows_total{outcome="failed_midway"}') == 1
     # every character once, and exactly what was saved
     assert joined(got, start=0) == saved_error_text(got) == reply_text(message)[:HELD_AT]
@@ -370,9 +377,6 @@ async def test_the_origin_continues_from_postgres_when_its_owner_dies(
                     message_id = str((await read_started(events))["message_id"])
                     got = await read_text(events, HELD_AT)
                     assert await metric(client, "gateway_owner_streams") == 1
-                    await until_saved(pool, message_id, HELD_AT)
-                    owner.signal(signal.SIGKILL)
-                    await owner.wait()
-                    got += await read_rest(events)
+                    got += await rest_after_the_owner_dies(owner, pool, message_id, events)
     # the browser that started the reply gets every saved character once, and the end Postgres has
     assert joined(got, start=0) == saved_error_text(got) == reply_text(message)[:HELD_AT]
