@@ -4,8 +4,8 @@ A gateway keeps one such stream per genservice, whatever the number of replies i
 watched reply marks its watch due when it publishes (on the busy tick, all at once); the stream's one
 writer wakes and sends every due watch's new text in one message. Per reply and tick that is a few
 microseconds of protobuf, where a stream of its own costs a gRPC message on each side (25 to 100 µs
-each, by machine: bench.hops). A caller that reads slowly holds the writer back, and meanwhile each reply's new text piles up
-in the generation and goes as one delta: nothing queues per event.
+each, by machine: bench.hops). A caller that reads slowly holds the writer back, and meanwhile each
+reply's new text piles up in the generation and goes as one delta: nothing queues per event.
 """
 
 from __future__ import annotations
